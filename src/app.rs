@@ -1,0 +1,165 @@
+//! Wiring: intake → documents → sink, plus the health server, with one shutdown signal threaded
+//! through every task.
+//!
+//! Shutdown order matters for "never lose a document": the watcher stops first (no new
+//! intake), its channel closes, the sink delivers what it already holds, then the server stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::caldera::client::CalderaClient;
+use crate::caldera::watcher::Watcher;
+use crate::config::Settings;
+use crate::sink::{self, Sink};
+use crate::state::Shared;
+
+/// A running sidecar.
+pub struct Running {
+    pub health_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`.
+    pub async fn shutdown(self, limit: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::time::timeout(limit, all).await.is_ok()
+    }
+
+    /// Waits until the tasks end by themselves (they do not, unless shut down).
+    pub fn trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Client(String),
+    #[error("cannot bind the health server on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Starts every task and returns once the health server is listening.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let shared = Arc::new(Shared::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let (health_addr, server) =
+        crate::server::serve(settings.health_bind, shared.clone(), shutdown_rx.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.health_bind,
+                source,
+            })?;
+    tracing::info!(%health_addr, "health server listening");
+
+    let es = sink::elastic::build_client(&settings.elastic).map_err(StartError::Client)?;
+    let index = settings.elastic.index.clone();
+
+    // Template and restart knowledge: best effort with a deadline, so a down Elasticsearch
+    // never blocks intake (documents then wait in the sink).
+    let known_settled = prepare_index(&es, &index, &shared).await;
+
+    let client = Arc::new(
+        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
+    );
+    let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1) * 4);
+    let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
+    let watcher = Watcher::new(
+        client,
+        settings.caldera.clone(),
+        settings.documents.clone(),
+        doc_tx,
+        shared.clone(),
+        known_settled,
+        unsaved_rx,
+    );
+    let sink = Sink::new(
+        es.clone(),
+        settings.elastic.clone(),
+        shared.clone(),
+        unsaved_tx,
+    );
+
+    let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
+    let s = tokio::spawn(sink.run(doc_rx));
+    let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
+    Ok(Running {
+        health_addr,
+        shared,
+        shutdown: shutdown_tx,
+        tasks: vec![w, s, t, server],
+    })
+}
+
+async fn prepare_index(
+    es: &elasticsearch::Elasticsearch,
+    index: &str,
+    shared: &Arc<Shared>,
+) -> std::collections::HashMap<String, String> {
+    let deadline = Duration::from_secs(5);
+    match tokio::time::timeout(deadline, sink::elastic::install_template(es, index)).await {
+        Ok(Ok(())) => {
+            shared.elastic(|e| {
+                e.reachable = true;
+                e.template_installed = true;
+            });
+            tracing::info!(index, "index template installed");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                error = e.message(),
+                "index template not installed yet; will retry"
+            )
+        }
+        Err(_) => tracing::warn!("Elasticsearch did not answer in 5 s; will retry the template"),
+    }
+    match tokio::time::timeout(deadline, sink::elastic::settled_operations(es, index)).await {
+        Ok(Ok(m)) => {
+            if !m.is_empty() {
+                tracing::info!(
+                    operations = m.len(),
+                    "settled operations already indexed; they will not be fetched again"
+                );
+            }
+            m
+        }
+        _ => Default::default(),
+    }
+}
+
+/// Retries the template install until it succeeds (Elasticsearch may be down at start-up).
+async fn template_keeper(
+    es: elasticsearch::Elasticsearch,
+    index: String,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if shared.elastic_status().template_installed || *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Ok(()) = sink::elastic::install_template(&es, &index).await {
+            shared.elastic(|e| e.template_installed = true);
+            tracing::info!(index, "index template installed");
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The watcher: turns Caldera's changing state into a stream of documents.
+//!
+//! Caldera has no change feed we can rely on and every request costs it event-loop time, so the
+//! watcher polls the cheap listing and fetches a full operation only when the listing says it is
+//! new or changed, or while it is active (running, paused, cleanup…) or closed but not yet
+//! settled. "Settled" follows what a real Caldera does: `finished` is not terminal (stop →
+//! cleanup → finished) and link results can arrive after the operation looks finished, so an
+//! operation is settled only when it is closed, every non-discarded link has a result, and that
+//! has held for a grace period. A settled operation costs nothing until the listing shows it
+//! changed.
+//!
+//! Each document is sent only when its content changed since the last time (a fingerprint per
+//! document), with an observation number that only grows: the index keeps the newest
+//! observation even if an older one is replayed later.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+
+use super::client::{CalderaClient, CalderaError};
+use super::model::{Operation, OperationSummary, Report};
+use crate::config::CalderaSettings;
+use crate::document::types::{OperationId, OperationState, Timestamp};
+use crate::document::{self, DocSettings, Encoded};
+use crate::state::Shared;
+
+/// Observation numbers: microseconds since the epoch, forced to grow by at least one, so they
+/// order observations across restarts (used as the external version in the index).
+#[derive(Debug, Default)]
+pub struct SequenceClock(AtomicU64);
+
+impl SequenceClock {
+    pub fn next(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut prev = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self
+                .0
+                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    summary: OperationSummary,
+    settled: bool,
+    /// Since when the operation has been closed with every link done.
+    done_since: Option<Instant>,
+    closed_since: Option<Instant>,
+    last_fetch: Option<Instant>,
+    /// The report's `finish`, once known.
+    finish: Option<Timestamp>,
+    /// Fingerprints of what was last sent, by document id. Emptied once settled.
+    sent: HashMap<String, u64>,
+    /// Number of invalid values last reported for this operation (to log changes once).
+    invalid_reported: usize,
+}
+
+impl Tracked {
+    fn new(summary: OperationSummary, settled: bool) -> Self {
+        Self {
+            summary,
+            settled,
+            done_since: None,
+            closed_since: None,
+            last_fetch: None,
+            finish: None,
+            sent: HashMap::new(),
+            invalid_reported: 0,
+        }
+    }
+}
+
+pub struct Watcher {
+    client: Arc<CalderaClient>,
+    settings: CalderaSettings,
+    docs: DocSettings,
+    out: mpsc::Sender<Encoded>,
+    shared: Arc<Shared>,
+    clock: SequenceClock,
+    ops: HashMap<OperationId, Tracked>,
+    /// Operations the index already holds as settled (read at start-up), with their state.
+    known_settled: HashMap<String, String>,
+    /// Documents the sink could not keep (e.g. disk full): forget them so they are sent again.
+    unsaved: mpsc::UnboundedReceiver<String>,
+    last_error: Option<String>,
+}
+
+/// What one poll found, for the choice of the next interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    Active,
+    Idle,
+}
+
+impl Watcher {
+    pub fn new(
+        client: Arc<CalderaClient>,
+        settings: CalderaSettings,
+        docs: DocSettings,
+        out: mpsc::Sender<Encoded>,
+        shared: Arc<Shared>,
+        known_settled: HashMap<String, String>,
+        unsaved: mpsc::UnboundedReceiver<String>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            docs,
+            out,
+            shared,
+            clock: SequenceClock::default(),
+            ops: HashMap::new(),
+            known_settled,
+            unsaved,
+            last_error: None,
+        }
+    }
+
+    /// Polls until `shutdown` turns true: fast while anything is active, slowly when idle.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut version_checked = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if !version_checked {
+                version_checked = self.check_version().await;
+            }
+            let activity = self.poll_once().await;
+            let wait = interval_for(&self.settings, activity);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!("watcher stopped");
+    }
+
+    async fn check_version(&self) -> bool {
+        match self.client.get::<super::model::Health>(super::HEALTH).await {
+            Ok(h) => {
+                tracing::info!(
+                    version = h.version.as_deref().unwrap_or("?"),
+                    "connected to Caldera"
+                );
+                self.shared.caldera(|c| c.version = h.version.clone());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn record_error(&mut self, e: &CalderaError) {
+        self.shared.stats.caldera_errors.inc();
+        let msg = e.to_string();
+        // Log a failure when it starts or changes, not on every poll of an outage.
+        if self.last_error.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(error = %msg, "Caldera request failed; will retry on the next poll");
+            self.last_error = Some(msg.clone());
+        }
+        let (reachable, authenticated) = match e {
+            CalderaError::Timeout { .. } | CalderaError::Transport { .. } => (false, false),
+            CalderaError::Unauthorized { .. } => (true, false),
+            _ => (true, true),
+        };
+        self.shared.caldera(|c| {
+            c.reachable = reachable;
+            c.authenticated = authenticated;
+            c.last_error = Some(msg);
+        });
+    }
+
+    /// One poll: the listing, then the operations that need a look. Never fails: errors are
+    /// logged, counted and retried on the next poll.
+    pub async fn poll_once(&mut self) -> Activity {
+        while let Ok(id) = self.unsaved.try_recv() {
+            for t in self.ops.values_mut() {
+                if t.sent.remove(&id).is_some() {
+                    t.settled = false;
+                }
+            }
+        }
+        let list: Vec<OperationSummary> = match self.client.get(super::OPERATIONS_LIST).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.shared.stats.polls_failed.inc();
+                self.record_error(&e);
+                return if self.ops.values().any(|t| !t.settled) {
+                    Activity::Active
+                } else {
+                    Activity::Idle
+                };
+            }
+        };
+        let now = Instant::now();
+        let mut seen = HashSet::with_capacity(list.len());
+        let mut to_fetch = Vec::new();
+        let mut active = false;
+        for s in list {
+            let id = match OperationId::parse(&s.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.shared.stats.invalid_values.inc();
+                    tracing::warn!(error = %e, "operation with an invalid id skipped");
+                    continue;
+                }
+            };
+            seen.insert(id.clone());
+            let known = self
+                .known_settled
+                .get(id.as_str())
+                .is_some_and(|st| *st == s.state);
+            let t = self
+                .ops
+                .entry(id.clone())
+                .or_insert_with(|| Tracked::new(s.clone(), known));
+            if t.summary != s {
+                t.summary = s.clone();
+                t.settled = false;
+                t.done_since = None;
+            }
+            if t.settled {
+                continue;
+            }
+            let state = OperationState::parse(&s.state);
+            let in_window = !state.is_closed()
+                || t.closed_since
+                    .is_none_or(|c| now.duration_since(c) < self.settings.settle_window);
+            active |= in_window;
+            let due = in_window
+                || t.last_fetch
+                    .is_none_or(|f| now.duration_since(f) >= self.settings.idle_interval);
+            if due {
+                to_fetch.push(id);
+            }
+        }
+        self.ops.retain(|id, _| seen.contains(id));
+        // Only the first look after start-up needs the index's knowledge.
+        if !self.known_settled.is_empty() {
+            self.known_settled.clear();
+        }
+
+        let mut failed = false;
+        for id in to_fetch {
+            if let Err(e) = self.refresh(&id).await {
+                failed = true;
+                self.record_error(&e);
+            }
+        }
+        if !failed {
+            self.last_error = None;
+            self.shared.caldera(|c| {
+                c.reachable = true;
+                c.authenticated = true;
+                c.last_error = None;
+                c.last_ok_poll = Some(SystemTime::now());
+            });
+        }
+        self.shared.stats.polls_ok.inc();
+        self.shared
+            .stats
+            .operations_tracked
+            .set(self.ops.len() as u64);
+        self.shared
+            .stats
+            .operations_settled
+            .set(self.ops.values().filter(|t| t.settled).count() as u64);
+        if active {
+            Activity::Active
+        } else {
+            Activity::Idle
+        }
+    }
+
+    /// Fetches one operation, builds its documents and sends those that changed.
+    async fn refresh(&mut self, id: &OperationId) -> Result<(), CalderaError> {
+        let op: Operation = self.client.get(&super::operation_path(id.as_str())).await?;
+        let now = Instant::now();
+        let state = OperationState::parse(&op.state);
+        let Some(t) = self.ops.get_mut(id) else {
+            return Ok(());
+        };
+        t.last_fetch = Some(now);
+        if state.is_closed() {
+            t.closed_since.get_or_insert(now);
+        } else {
+            t.closed_since = None;
+            t.done_since = None;
+            t.finish = None;
+        }
+        if state.is_closed() && t.finish.is_none() {
+            // The report is the only place Caldera gives an operation's end time. Right after
+            // creation it can answer 500; we simply try again on the next poll.
+            let body = serde_json::json!({"enable_agent_output": false});
+            match self
+                .client
+                .post::<Report>(&super::report_path(id.as_str()), &body)
+                .await
+            {
+                Ok(r) => {
+                    t.finish = r.finish.as_deref().and_then(|f| Timestamp::parse(f).ok());
+                }
+                Err(e) => tracing::debug!(operation = %id, error = %e, "report not available yet"),
+            }
+        }
+        let observed = Timestamp::now();
+        let mut built = match document::build(op, t.finish, false, observed, &self.docs) {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.stats.invalid_values.inc();
+                tracing::warn!(error = %e, "operation skipped");
+                return Ok(());
+            }
+        };
+        if built.all_links_done {
+            let since = *t.done_since.get_or_insert(now);
+            if now.duration_since(since) >= self.settings.settle_grace {
+                built.operation.settled = true;
+            }
+        } else {
+            t.done_since = None;
+        }
+        let invalid = built.dropped.total();
+        if invalid != t.invalid_reported {
+            if invalid > t.invalid_reported {
+                self.shared
+                    .stats
+                    .invalid_values
+                    .add((invalid - t.invalid_reported) as u64);
+            }
+            tracing::warn!(
+                operation = %id,
+                invalid,
+                technique_ids = built.dropped.technique_ids,
+                tactics = built.dropped.tactics,
+                links = built.dropped.links,
+                timestamps = built.dropped.timestamps,
+                reasons = ?built.dropped.reasons,
+                "invalid values dropped from documents (the rest is indexed)"
+            );
+            t.invalid_reported = invalid;
+        }
+
+        let mut out = Vec::with_capacity(built.links.len() + 1);
+        for link in &built.links {
+            let doc_id = link.event.id.clone();
+            push_if_changed(&mut out, &mut t.sent, link, doc_id, &self.clock);
+        }
+        let settled = built.operation.settled;
+        let op_doc_id = built.operation.event.id.clone();
+        push_if_changed(
+            &mut out,
+            &mut t.sent,
+            &built.operation,
+            op_doc_id,
+            &self.clock,
+        );
+        for e in out {
+            self.shared.stats.documents_emitted.inc();
+            if self.out.send(e).await.is_err() {
+                // The sink is gone: we are shutting down.
+                return Ok(());
+            }
+        }
+        if settled {
+            t.settled = true;
+            // Nothing more will be compared for a settled operation: keep memory flat.
+            t.sent = HashMap::new();
+            tracing::info!(operation = %id, "operation settled");
+        }
+        Ok(())
+    }
+}
+
+fn push_if_changed<T: serde::Serialize>(
+    out: &mut Vec<Encoded>,
+    sent: &mut HashMap<String, u64>,
+    doc: &T,
+    id: String,
+    clock: &SequenceClock,
+) {
+    match document::encode(doc, id, clock.next()) {
+        Ok((fp, enc)) => {
+            if sent.get(&enc.id) != Some(&fp) {
+                sent.insert(enc.id.clone(), fp);
+                out.push(enc);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "document could not be encoded"),
+    }
+}
+
+/// How long to wait before the next poll (exposed for tests of the cadence).
+pub fn interval_for(settings: &CalderaSettings, a: Activity) -> Duration {
+    match a {
+        Activity::Active => settings.poll_interval,
+        Activity::Idle => settings.idle_interval,
+    }
+}

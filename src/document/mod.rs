@@ -1,0 +1,625 @@
+//! Documents: what one Caldera operation and each of its links become in the index.
+//!
+//! Building is a pure function of a Caldera operation (plus the report's `finish`), so it is easy
+//! to test and cheap to run on every poll. Every value passes through the validated types of
+//! [`types`]; free text passes through [`sanitize`]. What is refused is counted in
+//! [`Dropped`] and never stops the rest of the document.
+
+pub mod sanitize;
+pub mod types;
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+use serde::Serialize;
+
+use crate::caldera::model::{Agent, Link, Operation};
+use sanitize::{clean_command, clean_keyword, clean_text};
+use types::{
+    InvalidValue, LinkId, LinkStatus, OperationId, OperationState, Tactic, TechniqueId, Timestamp,
+};
+
+/// Techniques kept on an operation document; the true number is in `technique_count_total`.
+pub const MAX_TECHNIQUES: usize = 500;
+const NAME_MAX: usize = 512;
+const KEYWORD_MAX: usize = 256;
+const BASE_TAGS: [&str; 3] = ["purple_team", "simulation", "caldera"];
+
+/// What the operator chose about documents (from configuration).
+#[derive(Debug, Clone)]
+pub struct DocSettings {
+    pub extra_tags: Vec<String>,
+    pub severity: String,
+    /// Caldera group → client id; a group absent here is its own client id.
+    pub client_map: HashMap<String, String>,
+    pub include_command: bool,
+    pub command_max_chars: usize,
+}
+
+impl Default for DocSettings {
+    fn default() -> Self {
+        Self {
+            extra_tags: Vec::new(),
+            severity: "low".into(),
+            client_map: HashMap::new(),
+            include_command: true,
+            command_max_chars: 2048,
+        }
+    }
+}
+
+impl DocSettings {
+    fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = BASE_TAGS.iter().map(|s| s.to_string()).collect();
+        for t in &self.extra_tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        tags
+    }
+
+    fn client_id(&self, group: Option<&str>) -> String {
+        let group = clean_keyword(group.unwrap_or(""), KEYWORD_MAX);
+        match self.client_map.get(&group) {
+            Some(mapped) => mapped.clone(),
+            // Caldera's empty group means "all agents".
+            None if group.is_empty() => "all".into(),
+            None => group,
+        }
+    }
+}
+
+/// Values refused while building, by kind; summed into the pipeline counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub technique_ids: usize,
+    pub tactics: usize,
+    pub timestamps: usize,
+    pub links: usize,
+    pub agents: usize,
+    /// One sample reason per kind, for the log line.
+    pub reasons: Vec<String>,
+}
+
+impl Dropped {
+    fn note(&mut self, counter: fn(&mut Dropped) -> &mut usize, e: &InvalidValue) {
+        *counter(self) += 1;
+        if self.reasons.len() < 8 {
+            self.reasons.push(e.to_string());
+        }
+    }
+    pub fn total(&self) -> usize {
+        self.technique_ids + self.tactics + self.timestamps + self.links + self.agents
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Threat {
+    pub framework: &'static str,
+    pub technique: ThreatIds,
+    pub tactic: ThreatTactic,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreatIds {
+    pub id: Vec<TechniqueId>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub name: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreatTactic {
+    pub name: Vec<Tactic>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub kind: &'static str,
+    pub module: &'static str,
+    pub dataset: &'static str,
+    /// The document `_id`, so a spooled or replayed document knows where it belongs.
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    pub total: usize,
+    pub success: usize,
+    pub error: usize,
+    pub timeout: usize,
+    pub discarded: usize,
+    pub queued: usize,
+    pub in_flight: usize,
+    pub other: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Related {
+    pub hosts: Vec<String>,
+    pub user: Vec<String>,
+}
+
+/// One per operation, `_id` `op-<operation id>`, always its latest observed state.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationDoc {
+    #[serde(rename = "@timestamp")]
+    pub at_timestamp: Timestamp,
+    // The user's guide's twelve fields.
+    pub operation_id: OperationId,
+    pub operation_name: String,
+    pub purple_team_exercise: bool,
+    pub tags: Vec<String>,
+    pub client_id: String,
+    pub timestamp: Timestamp,
+    pub techniques: Vec<TechniqueId>,
+    pub tactics: Vec<Tactic>,
+    pub severity: String,
+    pub auto_close: bool,
+    pub agent_count: usize,
+    pub status: OperationState,
+    // Beyond the guide.
+    pub technique_count_total: usize,
+    pub caldera_group: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish: Option<Timestamp>,
+    pub adversary: NamedRef,
+    pub planner: NamedRef,
+    pub hosts: Vec<String>,
+    pub agents: Vec<String>,
+    pub link_counts: LinkCounts,
+    /// True once the operation is closed, every link has its result and that held for the grace
+    /// period: the sidecar stops fetching it (and skips it after a restart).
+    pub settled: bool,
+    pub invalid_values: usize,
+    pub event: Event,
+    pub threat: Threat,
+    pub related: Related,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Process {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+}
+
+/// One per link, `_id` `link-<link id>`, latest state.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkDoc {
+    #[serde(rename = "@timestamp")]
+    pub at_timestamp: Timestamp,
+    pub timestamp: Timestamp,
+    pub purple_team_exercise: bool,
+    pub tags: Vec<String>,
+    pub severity: String,
+    pub operation_id: OperationId,
+    pub operation_name: String,
+    pub client_id: String,
+    pub link_id: LinkId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ability_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ability_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub technique_id: Option<TechniqueId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub technique_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tactic: Option<Tactic>,
+    pub status: &'static str,
+    pub status_code: i64,
+    pub cleanup: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paw: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decide: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collect: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_reported_time: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserRef>,
+    pub process: Process,
+    pub event: Event,
+    pub threat: Threat,
+}
+
+/// Everything built from one observation of an operation.
+#[derive(Debug)]
+pub struct Built {
+    pub operation: OperationDoc,
+    pub links: Vec<LinkDoc>,
+    pub dropped: Dropped,
+    /// Closed, and every non-discarded link has its result: the settle clock may run.
+    pub all_links_done: bool,
+}
+
+pub fn operation_doc_id(id: &OperationId) -> String {
+    format!("op-{id}")
+}
+
+pub fn link_doc_id(id: &LinkId) -> String {
+    format!("link-{id}")
+}
+
+fn opt_ts(raw: Option<&str>, dropped: &mut Dropped) -> Option<Timestamp> {
+    let raw = raw.filter(|s| !s.trim().is_empty())?;
+    match Timestamp::parse(raw) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            dropped.note(|d| &mut d.timestamps, &e);
+            None
+        }
+    }
+}
+
+fn opt_text(raw: Option<&str>, max: usize) -> Option<String> {
+    raw.map(|s| clean_text(s, max)).filter(|s| !s.is_empty())
+}
+
+/// Builds the operation document and one document per link.
+///
+/// `finish` comes from Caldera's report (the operation object has none); `observed` is when this
+/// state was seen, used where Caldera gives no time at all.
+pub fn build(
+    op: Operation,
+    finish: Option<Timestamp>,
+    settled: bool,
+    observed: Timestamp,
+    settings: &DocSettings,
+) -> Result<Built, InvalidValue> {
+    let operation_id = OperationId::parse(&op.id)?;
+    let mut dropped = Dropped::default();
+    let operation_name = clean_text(&op.name, NAME_MAX);
+    let state = OperationState::parse(&op.state);
+    let client_id = settings.client_id(op.group.as_deref());
+    let tags = settings.tags();
+    let start = opt_ts(op.start.as_deref(), &mut dropped);
+
+    let mut agents: HashMap<String, Agent> = HashMap::new();
+    for v in op.host_group {
+        match serde_json::from_value::<Agent>(v) {
+            Ok(a) => {
+                agents.insert(a.paw.clone(), a);
+            }
+            Err(_) => dropped.note(
+                |d| &mut d.agents,
+                &InvalidValue::new("agent", "", "undecodable host_group entry"),
+            ),
+        }
+    }
+
+    let mut techniques: BTreeSet<TechniqueId> = BTreeSet::new();
+    let mut technique_names: BTreeSet<String> = BTreeSet::new();
+    let mut tactics: BTreeSet<Tactic> = BTreeSet::new();
+    let mut hosts: BTreeSet<String> = BTreeSet::new();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    let mut paws: BTreeSet<String> = agents
+        .keys()
+        .map(|p| clean_keyword(p, KEYWORD_MAX))
+        .collect();
+    for a in agents.values() {
+        if let Some(h) = opt_text(a.host.as_deref(), KEYWORD_MAX) {
+            hosts.insert(h);
+        }
+        if let Some(u) = opt_text(a.username.as_deref(), KEYWORD_MAX) {
+            users.insert(u);
+        }
+    }
+    let mut counts = LinkCounts::default();
+    let mut all_links_done = state.is_closed();
+    let mut links = Vec::with_capacity(op.chain.len());
+
+    for raw in op.chain {
+        let link = match Link::from_value(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable link skipped");
+                dropped.note(
+                    |d| &mut d.links,
+                    &InvalidValue::new("link", "", "undecodable link object"),
+                );
+                continue;
+            }
+        };
+        let link_id = match LinkId::parse(&link.id) {
+            Ok(id) => id,
+            Err(e) => {
+                dropped.note(|d| &mut d.links, &e);
+                continue;
+            }
+        };
+        let status = LinkStatus {
+            code: link.status,
+            collected: link.collect.as_deref().is_some_and(|c| !c.is_empty()),
+        };
+        counts.total += 1;
+        match status.name() {
+            "success" => counts.success += 1,
+            "error" => counts.error += 1,
+            "timeout" => counts.timeout += 1,
+            "discarded" => counts.discarded += 1,
+            "queued" => counts.queued += 1,
+            "in_flight" => counts.in_flight += 1,
+            _ => counts.other += 1,
+        }
+        let finish_ts = opt_ts(link.finish.as_deref(), &mut dropped);
+        if !status.is_discarded() && (finish_ts.is_none() || status.code == -3) {
+            all_links_done = false;
+        }
+        let ability = link.ability.unwrap_or_default();
+        let technique_id = match ability.technique_id.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(raw) => match TechniqueId::parse(raw) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    dropped.note(|d| &mut d.technique_ids, &e);
+                    None
+                }
+            },
+        };
+        let tactic = match ability.tactic.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(raw) => match Tactic::parse(raw) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    dropped.note(|d| &mut d.tactics, &e);
+                    None
+                }
+            },
+        };
+        let technique_name = opt_text(ability.technique_name.as_deref(), NAME_MAX);
+        if let Some(t) = &technique_id {
+            techniques.insert(t.clone());
+        }
+        if let Some(n) = &technique_name
+            && technique_names.len() < MAX_TECHNIQUES
+        {
+            technique_names.insert(n.clone());
+        }
+        if let Some(t) = &tactic {
+            tactics.insert(t.clone());
+        }
+        let paw = opt_text(link.paw.as_deref(), KEYWORD_MAX);
+        let agent = link.paw.as_deref().and_then(|p| agents.get(p));
+        let host = opt_text(link.host.as_deref(), KEYWORD_MAX)
+            .or_else(|| agent.and_then(|a| opt_text(a.host.as_deref(), KEYWORD_MAX)));
+        let user = agent.and_then(|a| opt_text(a.username.as_deref(), KEYWORD_MAX));
+        if let Some(h) = &host {
+            hosts.insert(h.clone());
+        }
+        if let Some(p) = &paw {
+            paws.insert(p.clone());
+        }
+        let decide = opt_ts(link.decide.as_deref(), &mut dropped);
+        let collect = opt_ts(link.collect.as_deref(), &mut dropped);
+        let reported = opt_ts(link.agent_reported_time.as_deref(), &mut dropped);
+        let started = reported.or(collect);
+        let when = started.or(decide).or(start).unwrap_or(observed);
+        let command = if settings.include_command {
+            link.plaintext_command
+                .as_deref()
+                .or(link.command.as_deref())
+                .map(|c| clean_command(c, settings.command_max_chars))
+                .filter(|c| !c.is_empty())
+        } else {
+            None
+        };
+        let executor = link.executor.unwrap_or_default();
+        let outcome = match status.code {
+            0 => Some("success"),
+            1 | 124 => Some("failure"),
+            _ => None,
+        };
+        links.push(LinkDoc {
+            at_timestamp: when,
+            timestamp: when,
+            purple_team_exercise: true,
+            tags: tags.clone(),
+            severity: settings.severity.clone(),
+            operation_id: operation_id.clone(),
+            operation_name: operation_name.clone(),
+            client_id: client_id.clone(),
+            event: Event {
+                kind: "event",
+                module: "caldera",
+                dataset: "caldera.link",
+                id: link_doc_id(&link_id),
+                start: started,
+                end: finish_ts,
+                outcome,
+            },
+            link_id,
+            ability_id: opt_text(ability.ability_id.as_deref(), KEYWORD_MAX),
+            ability_name: opt_text(ability.name.as_deref(), NAME_MAX),
+            threat: Threat {
+                framework: "MITRE ATT&CK",
+                technique: ThreatIds {
+                    id: technique_id.iter().cloned().collect(),
+                    name: technique_name.iter().cloned().collect(),
+                },
+                tactic: ThreatTactic {
+                    name: tactic.iter().cloned().collect(),
+                },
+            },
+            technique_id,
+            technique_name,
+            tactic,
+            status: status.name(),
+            status_code: status.code,
+            cleanup: link.cleanup.unwrap_or(0) != 0,
+            paw,
+            executor: opt_text(executor.name.as_deref(), KEYWORD_MAX),
+            platform: opt_text(executor.platform.as_deref(), KEYWORD_MAX),
+            decide,
+            collect,
+            finish: finish_ts,
+            agent_reported_time: reported,
+            host: host.map(|name| HostRef { name }),
+            user: user.map(|name| UserRef { name }),
+            process: Process {
+                pid: link.pid.as_ref().and_then(|p| p.as_i64()),
+                command_line: command,
+            },
+        });
+    }
+
+    let technique_count_total = techniques.len();
+    let techniques: Vec<TechniqueId> = techniques.into_iter().take(MAX_TECHNIQUES).collect();
+    let tactics: Vec<Tactic> = tactics.into_iter().collect();
+    let timestamp = start.unwrap_or(observed);
+    let adversary = op.adversary.unwrap_or_default();
+    let planner = op.planner.unwrap_or_default();
+    let operation = OperationDoc {
+        at_timestamp: timestamp,
+        event: Event {
+            kind: "event",
+            module: "caldera",
+            dataset: "caldera.operation",
+            id: operation_doc_id(&operation_id),
+            start,
+            end: finish,
+            outcome: None,
+        },
+        operation_id,
+        operation_name,
+        purple_team_exercise: true,
+        tags,
+        caldera_group: clean_keyword(op.group.as_deref().unwrap_or(""), KEYWORD_MAX),
+        client_id,
+        timestamp,
+        threat: Threat {
+            framework: "MITRE ATT&CK",
+            technique: ThreatIds {
+                id: techniques.clone(),
+                name: technique_names.into_iter().collect(),
+            },
+            tactic: ThreatTactic {
+                name: tactics.clone(),
+            },
+        },
+        techniques,
+        technique_count_total,
+        tactics,
+        severity: settings.severity.clone(),
+        auto_close: op.auto_close.unwrap_or(false),
+        agent_count: paws.len(),
+        status: state,
+        start,
+        finish,
+        adversary: NamedRef {
+            id: opt_text(adversary.adversary_id.as_deref(), KEYWORD_MAX),
+            name: opt_text(adversary.name.as_deref(), NAME_MAX),
+        },
+        planner: NamedRef {
+            id: opt_text(planner.id.as_deref(), KEYWORD_MAX),
+            name: opt_text(planner.name.as_deref(), NAME_MAX),
+        },
+        related: Related {
+            hosts: hosts.iter().cloned().collect(),
+            user: users.into_iter().collect(),
+        },
+        hosts: hosts.into_iter().collect(),
+        agents: paws.into_iter().collect(),
+        link_counts: counts,
+        settled,
+        invalid_values: dropped.total(),
+    };
+    Ok(Built {
+        operation,
+        links,
+        dropped,
+        all_links_done,
+    })
+}
+
+/// A document ready for the sink: its `_id`, the external version that orders observations, and
+/// its JSON, encoded once and shared by the bulk request, the spool file and replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub id: String,
+    pub version: u64,
+    pub body: Vec<u8>,
+}
+
+/// Serializes `doc` and appends the sidecar's bookkeeping (`sidecar.sequence`, the external
+/// version, and `sidecar.observed_at`). Returns the fingerprint of the content *without* the
+/// bookkeeping, so an unchanged document can be recognised and not sent again.
+pub fn encode<T: Serialize>(
+    doc: &T,
+    id: String,
+    sequence: u64,
+) -> Result<(u64, Encoded), serde_json::Error> {
+    let mut body = serde_json::to_vec(doc)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    let fingerprint = h.finish();
+    // `doc` is a JSON object, so the last byte is its closing brace.
+    body.pop();
+    let observed = Timestamp::from_unix_micros(sequence);
+    body.extend_from_slice(
+        format!(r#","sidecar":{{"sequence":{sequence},"observed_at":"{observed}"}}}}"#).as_bytes(),
+    );
+    Ok((
+        fingerprint,
+        Encoded {
+            id,
+            version: sequence,
+            body,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_appends_bookkeeping_and_fingerprints_content() {
+        let doc = serde_json::json!({"a": 1});
+        let (fp1, e1) = encode(&doc, "op-x".into(), 1_700_000_000_000_000).unwrap();
+        let (fp2, e2) = encode(&doc, "op-x".into(), 1_700_000_000_000_001).unwrap();
+        assert_eq!(fp1, fp2);
+        assert_ne!(e1.body, e2.body);
+        let v: serde_json::Value = serde_json::from_slice(&e1.body).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(v["sidecar"]["sequence"], 1_700_000_000_000_000u64);
+        assert_eq!(v["sidecar"]["observed_at"], "2023-11-14T22:13:20Z");
+    }
+}

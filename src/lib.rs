@@ -1,0 +1,16 @@
+//! caldera-sidecar: makes MITRE Caldera purple-team operations visible in Elasticsearch.
+//!
+//! Data path, one module each: [`caldera`] (intake) → [`document`] (build + sanitize) →
+//! [`sink`] (bulk into Elasticsearch) ; [`server`] (health) reads [`state`]; [`app`] wires them.
+
+// The index template is one large json! literal.
+#![recursion_limit = "256"]
+
+pub mod app;
+pub mod caldera;
+pub mod config;
+pub mod document;
+pub mod server;
+pub mod sink;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,118 @@
+//! The `caldera-sidecar` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use caldera_sidecar::{app, config, telemetry};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "caldera-sidecar",
+    version,
+    about = "Tags MITRE Caldera operations and techniques in Elasticsearch so purple-team simulations can be filtered out of the SIEM."
+)]
+struct Cli {
+    /// TOML configuration file (default: config/sidecar.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// .env file (default: .env if present).
+    #[arg(long, global = true)]
+    env_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration and print it, secrets masked.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let opts = config::LoadOptions {
+        config_file: cli.config,
+        env_file: cli.env_file,
+    };
+    let (settings, layered) = match config::load(&opts) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("configuration is valid; effective settings:");
+            for line in layered.describe() {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            telemetry::init(settings.log_format, &settings.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(run(settings))
+        }
+    }
+}
+
+async fn run(settings: config::Settings) -> ExitCode {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        caldera = %settings.caldera.url,
+        index = %settings.elastic.index,
+        "caldera-sidecar starting"
+    );
+    let running = match app::start(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: stopping intake, flushing documents");
+    if running.shutdown(Duration::from_secs(30)).await {
+        tracing::info!("stopped cleanly");
+    } else {
+        tracing::warn!("shutdown took longer than 30 s; exiting anyway");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
