@@ -797,8 +797,12 @@ fn list(raw: &str) -> Vec<String> {
 pub fn reference_table() -> String {
     let mut out = String::from("| setting | default | meaning |\n|---|---|---|\n");
     for k in KEYS {
-        let d = if k.secret { "(secret)" } else { k.default };
-        out.push_str(&format!("| `{}` | `{}` | {} |\n", k.name, d, k.help));
+        let d = match (k.secret, k.default) {
+            (true, _) => "(secret)".to_string(),
+            (false, "") => "(none)".to_string(),
+            (false, d) => format!("`{d}`"),
+        };
+        out.push_str(&format!("| `{}` | {} | {} |\n", k.name, d, k.help));
     }
     out
 }

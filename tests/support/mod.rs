@@ -1,0 +1,4 @@
+pub mod app;
+pub mod caldera_stub;
+pub mod scenarios;
+pub mod search;
