@@ -59,7 +59,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health_addr, server) =
-        crate::server::serve(settings.health_bind, shared.clone(), shutdown_rx.clone())
+        crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.health_bind,
@@ -79,6 +79,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     );
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1) * 4);
     let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
+    let probes = tokio::spawn(crate::server::probes::run(
+        es.clone(),
+        client.clone(),
+        settings.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -102,7 +109,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: vec![w, s, t, server],
+        tasks: vec![w, s, t, probes, server],
     })
 }
 

@@ -30,6 +30,8 @@ enum Command {
     Run,
     /// Validate the configuration and print it, secrets masked.
     CheckConfig,
+    /// Ask the running sidecar's health endpoint; exit 0 healthy, 1 degraded, 2 unhealthy.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -53,22 +55,29 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Status => match runtime() {
+            Ok(rt) => rt.block_on(caldera_sidecar::server::status::run(&settings)),
+            Err(code) => code,
+        },
         Command::Run => {
             telemetry::init(settings.log_format, &settings.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(run(settings))
+            match runtime() {
+                Ok(rt) => rt.block_on(run(settings)),
+                Err(code) => code,
+            }
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 async fn run(settings: config::Settings) -> ExitCode {

@@ -46,6 +46,98 @@ pub struct Stats {
     pub bulk_requests: Counter,
     pub bulk_failures: Counter,
     pub invalid_values: Counter,
+    pub documents_spooled: Counter,
+    pub documents_replayed: Counter,
+    pub documents_dead_lettered: Counter,
+    pub spool_write_failures: Counter,
+    /// Time of one Caldera poll (listing plus the fetches it led to).
+    pub poll_seconds: Histogram,
+    /// Time of one bulk request.
+    pub bulk_seconds: Histogram,
+    /// From the moment the watcher observed a change to the index acknowledging it.
+    pub observed_to_indexed_seconds: Histogram,
+}
+
+/// A latency histogram with fixed buckets (seconds), rendered by `/metrics`.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds in seconds, ascending; an implicit +Inf bucket follows.
+    pub bounds: &'static [f64],
+    /// Cumulative-free counts per bucket (`bounds.len() + 1` entries).
+    pub buckets: Vec<AtomicU64>,
+    /// Sum of observations in microseconds.
+    pub sum_micros: AtomicU64,
+    pub count: AtomicU64,
+}
+
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            bounds: LATENCY_BOUNDS,
+            buckets: (0..=LATENCY_BOUNDS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Circuit breaker in front of Elasticsearch, as health shows it.
+#[derive(Debug, Clone)]
+pub struct BreakerStatus {
+    /// "closed", "open" or "half_open".
+    pub state: &'static str,
+    pub consecutive_failures: u32,
+    /// When the breaker entered its current state.
+    pub since: SystemTime,
+    pub times_opened: u64,
+    /// While open: when the next probe is allowed.
+    pub next_probe: Option<SystemTime>,
+}
+
+impl Default for BreakerStatus {
+    fn default() -> Self {
+        Self {
+            state: "closed",
+            consecutive_failures: 0,
+            since: SystemTime::now(),
+            times_opened: 0,
+            next_probe: None,
+        }
+    }
+}
+
+/// The durable spool and the dead-letter directory, as health shows them.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolStatus {
+    pub documents: u64,
+    pub bytes: u64,
+    /// Write time of the oldest spooled document.
+    pub oldest: Option<SystemTime>,
+    pub dead_letters: u64,
+    /// Spooling refused for lack of disk (DISK_CRITICAL_GB or SPOOL_MAX_MB reached).
+    pub full: bool,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,6 +154,11 @@ pub struct CalderaStatus {
 pub struct ElasticStatus {
     pub reachable: bool,
     pub template_installed: bool,
+    /// The installed template is the version this build writes (set by the health probe).
+    pub template_current: bool,
+    /// `_cluster/health` status ("green", "yellow", "red"), set by the health probe.
+    pub cluster_status: Option<String>,
+    pub last_probe: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_ok_write: Option<SystemTime>,
 }
@@ -72,6 +169,8 @@ pub struct Shared {
     pub stats: Stats,
     pub caldera: Mutex<CalderaStatus>,
     pub elastic: Mutex<ElasticStatus>,
+    pub breaker: Mutex<BreakerStatus>,
+    pub spool: Mutex<SpoolStatus>,
 }
 
 impl Default for Shared {
@@ -81,6 +180,8 @@ impl Default for Shared {
             stats: Stats::default(),
             caldera: Mutex::new(CalderaStatus::default()),
             elastic: Mutex::new(ElasticStatus::default()),
+            breaker: Mutex::new(BreakerStatus::default()),
+            spool: Mutex::new(SpoolStatus::default()),
         }
     }
 }
@@ -94,6 +195,23 @@ impl Shared {
     pub fn elastic(&self, f: impl FnOnce(&mut ElasticStatus)) {
         let mut g = self.elastic.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
+    }
+    pub fn breaker(&self, f: impl FnOnce(&mut BreakerStatus)) {
+        let mut g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    pub fn spool(&self, f: impl FnOnce(&mut SpoolStatus)) {
+        let mut g = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    pub fn breaker_status(&self) -> BreakerStatus {
+        self.breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub fn spool_status(&self) -> SpoolStatus {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub fn caldera_status(&self) -> CalderaStatus {
         self.caldera

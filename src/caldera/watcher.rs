@@ -139,7 +139,9 @@ impl Watcher {
             if !version_checked {
                 version_checked = self.check_version().await;
             }
+            let started = Instant::now();
             let activity = self.poll_once().await;
+            self.shared.stats.poll_seconds.observe(started.elapsed());
             let wait = interval_for(&self.settings, activity);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

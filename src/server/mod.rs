@@ -14,7 +14,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::config::Settings;
 use crate::state::Shared;
+
+pub mod probes;
+pub mod status;
 
 #[derive(Clone)]
 struct AppState {
@@ -82,13 +86,13 @@ async fn health(State(st): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-/// Binds `addr` (port 0 picks a free one) and serves until `shutdown` turns true.
+/// Binds `settings.health_bind` (port 0 picks a free one) and serves until `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    settings: &Settings,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(settings.health_bind).await?;
     let local = listener.local_addr()?;
     let app = router(shared);
     let handle = tokio::spawn(async move {

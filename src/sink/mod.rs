@@ -94,7 +94,12 @@ impl Sink {
                     let mut reason = String::new();
                     for (doc, item) in pending.into_iter().zip(items) {
                         match classify_item(item.status, || item.reason()) {
-                            ItemOutcome::Done => stats.documents_indexed.inc(),
+                            ItemOutcome::Done => {
+                                stats.documents_indexed.inc();
+                                stats
+                                    .observed_to_indexed_seconds
+                                    .observe(Self::since_observed(&doc));
+                            }
                             ItemOutcome::AlreadyCurrent => stats.documents_already_current.inc(),
                             ItemOutcome::Retry(r) => {
                                 reason = r;
@@ -132,6 +137,15 @@ impl Sink {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// Time since the watcher observed the document (its version is the observation time in µs).
+    fn since_observed(doc: &Encoded) -> Duration {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Duration::from_micros(now.saturating_sub(doc.version))
     }
 
     /// Documents that could not be delivered after all retries. Without a spool they are
