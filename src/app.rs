@@ -46,6 +46,8 @@ impl Running {
 pub enum StartError {
     #[error("{0}")]
     Client(String),
+    #[error("{0}")]
+    Spool(String),
     #[error("cannot bind the health server on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -70,15 +72,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let es = sink::elastic::build_client(&settings.elastic).map_err(StartError::Client)?;
     let index = settings.elastic.index.clone();
 
+    let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
     // Template and restart knowledge: best effort with a deadline, so a down Elasticsearch
     // never blocks intake (documents then wait in the sink).
     let known_settled = prepare_index(&es, &index, &shared).await;
 
+    let sink =
+        Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
     let client = Arc::new(
         CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
     );
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1) * 4);
-    let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
     let probes = tokio::spawn(crate::server::probes::run(
         es.clone(),
         client.clone(),
@@ -94,12 +98,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shared.clone(),
         known_settled,
         unsaved_rx,
-    );
-    let sink = Sink::new(
-        es.clone(),
-        settings.elastic.clone(),
-        shared.clone(),
-        unsaved_tx,
     );
 
     let w = tokio::spawn(watcher.run(shutdown_rx.clone()));

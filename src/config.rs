@@ -149,6 +149,21 @@ const KEYS: &[Key] = &[
     ),
     key("BULK_MAX_DOCS", "1000", "documents per bulk request"),
     key(
+        "BREAKER_FAILURES",
+        "5",
+        "consecutive Elasticsearch failures that open the circuit breaker",
+    ),
+    key(
+        "BREAKER_COOLDOWN",
+        "5",
+        "seconds before the first probe of an open breaker (doubles per failed probe)",
+    ),
+    key(
+        "BREAKER_MAX_COOLDOWN",
+        "120",
+        "cap in seconds of the breaker's cooldown",
+    ),
+    key(
         "BULK_FLUSH_MS",
         "200",
         "milliseconds a partial bulk waits for more documents",
@@ -265,6 +280,9 @@ pub struct ElasticSettings {
     pub max_retries: u32,
     pub bulk_max_docs: usize,
     pub flush_interval: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub breaker_max_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,6 +661,13 @@ impl Layered {
                     0,
                     60_000,
                 )?),
+                breaker_failures: int("BREAKER_FAILURES", self.get("BREAKER_FAILURES"), 1, 1000)?
+                    as u32,
+                breaker_cooldown: secs("BREAKER_COOLDOWN", self.get("BREAKER_COOLDOWN"))?,
+                breaker_max_cooldown: secs(
+                    "BREAKER_MAX_COOLDOWN",
+                    self.get("BREAKER_MAX_COOLDOWN"),
+                )?,
             },
             spool_dir: path("SPOOL_DIR", self.get("SPOOL_DIR"))?,
             dead_letter_dir: path("DEAD_LETTER_DIR", self.get("DEAD_LETTER_DIR"))?,

@@ -32,6 +32,15 @@ enum Command {
     CheckConfig,
     /// Ask the running sidecar's health endpoint; exit 0 healthy, 1 degraded, 2 unhealthy.
     Status,
+    /// Replay a spool, a dead-letter directory or the reference plugin's fallback files into
+    /// the index (idempotent; acknowledged files are deleted unless --keep).
+    Replay {
+        /// Directory holding the JSON files.
+        dir: PathBuf,
+        /// Keep the files after they are indexed.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +68,13 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(caldera_sidecar::server::status::run(&settings)),
             Err(code) => code,
         },
+        Command::Replay { dir, keep } => {
+            telemetry::init(settings.log_format, "warn");
+            match runtime() {
+                Ok(rt) => rt.block_on(replay(settings, dir, keep)),
+                Err(code) => code,
+            }
+        }
         Command::Run => {
             telemetry::init(settings.log_format, &settings.log_level);
             match runtime() {
@@ -102,6 +118,65 @@ async fn run(settings: config::Settings) -> ExitCode {
         tracing::warn!("shutdown took longer than 30 s; exiting anyway");
     }
     ExitCode::SUCCESS
+}
+
+async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCode {
+    use caldera_sidecar::sink::{elastic, replay};
+    let es = match elastic::build_client(&settings.elastic) {
+        Ok(es) => es,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let index = settings.elastic.index.clone();
+    if let Err(e) = elastic::install_template(&es, &index).await {
+        eprintln!("warning: index template not installed: {}", e.message());
+    }
+    eprintln!("replaying {} into index {index}", dir.display());
+    let res = replay::replay_dir(
+        &es,
+        &index,
+        &dir,
+        keep,
+        settings.elastic.timeout,
+        |done, total| {
+            eprint!("\r{done}/{total} files");
+        },
+    )
+    .await;
+    eprintln!();
+    let _ = elastic::refresh(&es, &index).await;
+    match res {
+        Ok(s) => {
+            println!(
+                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} not delivered, {} files deleted",
+                s.files,
+                s.elapsed.as_secs_f64(),
+                s.indexed,
+                s.already_present,
+                s.rejected.values().sum::<usize>(),
+                s.unreadable.len(),
+                s.not_delivered,
+                s.deleted
+            );
+            for (why, n) in &s.rejected {
+                println!("  rejected {n}: {why}");
+            }
+            for (p, why) in s.unreadable.iter().take(20) {
+                println!("  unreadable {}: {why}", p.display());
+            }
+            if s.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("replay stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

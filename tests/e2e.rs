@@ -235,17 +235,17 @@ async fn older_observation_never_overwrites_newer() {
     elastic::install_template(&es, &index).await.unwrap();
     let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let sink = Sink::new(es, settings.elastic.clone(), shared.clone(), tx);
+    let mut sink = Sink::new(es, &settings, shared.clone(), tx).unwrap();
     let newer =
         json!({"operation_id": OP_A_ID, "status": "finished", "purple_team_exercise": true});
     let older = json!({"operation_id": OP_A_ID, "status": "running", "purple_team_exercise": true});
     let id = format!("op-{OP_A_ID}");
-    sink.deliver(vec![encode(&newer, id.clone(), 2_000).unwrap().1])
+    sink.deliver(vec![encode(&newer, id.clone(), 2_000).unwrap().1], false)
         .await;
-    sink.deliver(vec![encode(&older, id.clone(), 1_000).unwrap().1])
+    sink.deliver(vec![encode(&older, id.clone(), 1_000).unwrap().1], false)
         .await;
     // The same observation again (a replay) is also harmless.
-    sink.deliver(vec![encode(&newer, id.clone(), 2_000).unwrap().1])
+    sink.deliver(vec![encode(&newer, id.clone(), 2_000).unwrap().1], false)
         .await;
     let doc = s.operation(OP_A_ID).await.unwrap();
     assert_eq!(doc["status"], "finished");

@@ -140,7 +140,12 @@ impl Watcher {
                 version_checked = self.check_version().await;
             }
             let started = Instant::now();
-            let activity = self.poll_once().await;
+            // Shutdown interrupts a poll (a hung Caldera must not delay it): documents already
+            // handed to the sink are safe, the rest is fetched again on the next start.
+            let activity = tokio::select! {
+                a = self.poll_once() => a,
+                _ = shutdown.changed() => break,
+            };
             self.shared.stats.poll_seconds.observe(started.elapsed());
             let wait = interval_for(&self.settings, activity);
             tokio::select! {
