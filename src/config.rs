@@ -174,7 +174,11 @@ const KEYS: &[Key] = &[
         "dead-letter",
         "documents the index refused, with the reason",
     ),
-    key("SPOOL_MAX_MB", "1024", "spool size cap in MB"),
+    key(
+        "SPOOL_MAX_MB",
+        "1024",
+        "spool size cap in MB (fractions allowed)",
+    ),
     key(
         "HEALTH_BIND",
         "127.0.0.1:8889",
@@ -671,9 +675,8 @@ impl Layered {
             },
             spool_dir: path("SPOOL_DIR", self.get("SPOOL_DIR"))?,
             dead_letter_dir: path("DEAD_LETTER_DIR", self.get("DEAD_LETTER_DIR"))?,
-            spool_max_bytes: int("SPOOL_MAX_MB", self.get("SPOOL_MAX_MB"), 1, 1 << 24)?
-                * 1024
-                * 1024,
+            spool_max_bytes: (float("SPOOL_MAX_MB", self.get("SPOOL_MAX_MB"))? * 1024.0 * 1024.0)
+                as u64,
             health_bind,
             log_format,
             log_level: self.get("LOG_LEVEL").to_string(),

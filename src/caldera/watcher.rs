@@ -24,7 +24,7 @@ use super::client::{CalderaClient, CalderaError};
 use super::model::{Operation, OperationSummary, Report};
 use crate::config::CalderaSettings;
 use crate::document::types::{OperationId, OperationState, Timestamp};
-use crate::document::{self, DocSettings, Encoded};
+use crate::document::{self, DocSettings, Encoded, Unsaved};
 use crate::state::Shared;
 
 /// Observation numbers: microseconds since the epoch, forced to grow by at least one, so they
@@ -66,6 +66,8 @@ struct Tracked {
     sent: HashMap<String, u64>,
     /// Number of invalid values last reported for this operation (to log changes once).
     invalid_reported: usize,
+    /// Some of its documents could not be kept by the sink: fetch it again on the next poll.
+    resend: bool,
 }
 
 impl Tracked {
@@ -79,6 +81,7 @@ impl Tracked {
             finish: None,
             sent: HashMap::new(),
             invalid_reported: 0,
+            resend: false,
         }
     }
 }
@@ -94,7 +97,7 @@ pub struct Watcher {
     /// Operations the index already holds as settled (read at start-up), with their state.
     known_settled: HashMap<String, String>,
     /// Documents the sink could not keep (e.g. disk full): forget them so they are sent again.
-    unsaved: mpsc::UnboundedReceiver<String>,
+    unsaved: mpsc::UnboundedReceiver<Unsaved>,
     last_error: Option<String>,
 }
 
@@ -113,7 +116,7 @@ impl Watcher {
         out: mpsc::Sender<Encoded>,
         shared: Arc<Shared>,
         known_settled: HashMap<String, String>,
-        unsaved: mpsc::UnboundedReceiver<String>,
+        unsaved: mpsc::UnboundedReceiver<Unsaved>,
     ) -> Self {
         Self {
             client,
@@ -193,11 +196,15 @@ impl Watcher {
     /// One poll: the listing, then the operations that need a look. Never fails: errors are
     /// logged, counted and retried on the next poll.
     pub async fn poll_once(&mut self) -> Activity {
-        while let Ok(id) = self.unsaved.try_recv() {
-            for t in self.ops.values_mut() {
-                if t.sent.remove(&id).is_some() {
-                    t.settled = false;
-                }
+        while let Ok(u) = self.unsaved.try_recv() {
+            let op = u
+                .operation_id
+                .as_deref()
+                .and_then(|o| OperationId::parse(o).ok());
+            if let Some(t) = op.and_then(|o| self.ops.get_mut(&o)) {
+                t.sent.remove(&u.id);
+                t.settled = false;
+                t.resend = true;
             }
         }
         let list: Vec<OperationSummary> = match self.client.get(super::OPERATIONS_LIST).await {
@@ -301,6 +308,7 @@ impl Watcher {
             return Ok(());
         };
         t.last_fetch = Some(now);
+        t.resend = false;
         if state.is_closed() {
             t.closed_since.get_or_insert(now);
         } else {

@@ -569,6 +569,33 @@ pub fn build(
     })
 }
 
+/// A document the sink could not keep anywhere (disk full): the watcher forgets that it sent
+/// it, so the next look at its operation sends it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsaved {
+    pub id: String,
+    pub operation_id: Option<String>,
+}
+
+impl Unsaved {
+    pub fn of(doc: &Encoded) -> Self {
+        Self {
+            id: doc.id.clone(),
+            operation_id: operation_id_in(&doc.body),
+        }
+    }
+}
+
+/// The `operation_id` a document carries, read from its JSON without parsing all of it (only
+/// used on the rare path where a document could not be kept).
+pub fn operation_id_in(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = br#""operation_id":""#;
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = body.get(at..at + 36)?;
+    let s = std::str::from_utf8(rest).ok()?;
+    OperationId::parse(s).ok().map(|id| id.as_str().to_string())
+}
+
 /// A document ready for the sink: its `_id`, the external version that orders observations, and
 /// its JSON, encoded once and shared by the bulk request, the spool file and replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -609,6 +636,17 @@ pub fn encode<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_id_is_found_in_encoded_documents() {
+        let body =
+            br#"{"@timestamp":"x","operation_id":"a249d6e7-9272-439e-93d1-124e2e915a1c","y":1}"#;
+        assert_eq!(
+            operation_id_in(body).as_deref(),
+            Some("a249d6e7-9272-439e-93d1-124e2e915a1c")
+        );
+        assert_eq!(operation_id_in(br#"{"operation_id":"nope"}"#), None);
+    }
 
     #[test]
     fn encode_appends_bookkeeping_and_fingerprints_content() {

@@ -28,7 +28,7 @@ use elasticsearch::Elasticsearch;
 use tokio::sync::mpsc;
 
 use crate::config::{ElasticSettings, Settings};
-use crate::document::Encoded;
+use crate::document::{Encoded, Unsaved};
 use crate::state::Shared;
 use breaker::{Breaker, Permit};
 use retry::{ItemOutcome, RequestOutcome, backoff, classify_item};
@@ -65,7 +65,7 @@ pub struct Sink {
     settings: ElasticSettings,
     shared: Arc<Shared>,
     /// Ids of documents that could not be kept anywhere, so the watcher sends them again.
-    unsaved: mpsc::UnboundedSender<String>,
+    unsaved: mpsc::UnboundedSender<Unsaved>,
     breaker: Breaker,
     spool: Arc<Mutex<Spool>>,
     dead_letter_dir: PathBuf,
@@ -83,7 +83,7 @@ impl Sink {
         es: Elasticsearch,
         settings: &Settings,
         shared: Arc<Shared>,
-        unsaved: mpsc::UnboundedSender<String>,
+        unsaved: mpsc::UnboundedSender<Unsaved>,
     ) -> Result<Self, String> {
         let min_free = (settings.thresholds.disk_critical_gb * 1e9) as u64;
         let spool =
@@ -125,7 +125,8 @@ impl Sink {
             let s = lock(&self.spool);
             (s.len() as u64, s.bytes(), s.oldest())
         };
-        let full = self.spool_full;
+        // Nothing waits in the spool and writes go straight to the index: not "full" any more.
+        let full = self.spool_full && !(documents == 0 && self.breaker.is_closed());
         let dead = self.dead_letters;
         self.shared.spool(|s| {
             s.documents = documents;
@@ -203,6 +204,10 @@ impl Sink {
             tracing::info!("circuit breaker closed: Elasticsearch takes writes again");
         }
         self.breaker.on_success();
+        if self.spool_full && self.spool_is_empty() {
+            // Writes go straight to the index and nothing waits in the spool any more.
+            self.spool_full = false;
+        }
         self.shared.elastic(|e| {
             e.reachable = true;
             e.last_error = None;
@@ -255,6 +260,12 @@ impl Sink {
 
     /// Delivers one batch: per-item outcomes, retries with backoff, the spool for the rest.
     pub async fn deliver(&mut self, docs: Vec<Encoded>, final_attempt: bool) {
+        self.deliver_inner(docs, final_attempt).await;
+        // Items may have superseded spooled copies: health must see the spool as it is now.
+        self.publish();
+    }
+
+    async fn deliver_inner(&mut self, docs: Vec<Encoded>, final_attempt: bool) {
         let mut pending = docs;
         let mut attempt = 0u32;
         while !pending.is_empty() {
@@ -330,7 +341,7 @@ impl Sink {
             Err(e) => {
                 // Not even the dead letter could be written: hand it back to the watcher.
                 tracing::error!(id = %doc.id, reason, error = %e, "Elasticsearch refused a document and the dead letter could not be written");
-                let _ = self.unsaved.send(doc.id.clone());
+                let _ = self.unsaved.send(Unsaved::of(doc));
             }
         }
         self.publish();
@@ -369,7 +380,7 @@ impl Sink {
                 self.spool_full = matches!(err, SpoolError::Full(_)) || is_no_space(&err);
                 self.shared.spool(|s| s.last_error = Some(msg));
                 for d in rest {
-                    let _ = self.unsaved.send(d.id);
+                    let _ = self.unsaved.send(Unsaved::of(&d));
                 }
             }
         }
@@ -444,6 +455,11 @@ impl Sink {
         })
         .await;
         let left = lock(&self.spool).len();
+        if n > 0 && self.spool_full {
+            // Files left the spool: there is room again (the next write re-checks anyway).
+            self.spool_full = false;
+            tracing::info!("spool has room again");
+        }
         if n > 0 {
             tracing::info!(replayed = n, left, "spool drained a batch");
         }

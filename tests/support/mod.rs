@@ -1,5 +1,5 @@
 pub mod app;
 pub mod caldera_stub;
+pub mod proxy;
 pub mod scenarios;
 pub mod search;
-pub mod proxy;

@@ -81,7 +81,9 @@ impl Proxy {
 
     fn serve(&self, listener: tokio::net::TcpListener) {
         let (stop, mut stopped) = watch::channel(false);
-        let app = Router::new().fallback(handle).with_state(self.inner.clone());
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(self.inner.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -178,6 +180,9 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .insert("connection", axum::http::HeaderValue::from_static("close"));
         return r;
     }
+    if req.uri().path().ends_with("/_bulk") && *inner.mode.borrow() == Mode::Hang {
+        inner.bulk_requests.fetch_add(1, Ordering::Relaxed);
+    }
     if *inner.mode.borrow() == Mode::Hang {
         let mut rx = inner.mode.subscribe();
         // Wait until the mode changes away from Hang, then drop the request unanswered.
@@ -190,7 +195,9 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let is_bulk = parts.uri.path().ends_with("/_bulk");
     if is_bulk {
         inner.bulk_requests.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +226,10 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     }
     let mut headers = HeaderMap::new();
     for (k, v) in parts.headers.iter() {
-        if !matches!(k.as_str(), "host" | "connection" | "content-length" | "transfer-encoding") {
+        if !matches!(
+            k.as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding"
+        ) {
             headers.insert(k.clone(), v.clone());
         }
     }

@@ -66,7 +66,8 @@ impl Search {
             .expect("search request");
         let status = r.status();
         let v: Value = r.json().await.expect("search json");
-        if status.as_u16() == 404 {
+        // 404: no index yet; 503: its shard is still being allocated. Both: nothing to see.
+        if status.as_u16() == 404 || status.as_u16() == 503 {
             return json!({"hits": {"total": {"value": 0}, "hits": []}});
         }
         assert!(status.is_success(), "search failed: {v}");
