@@ -147,7 +147,8 @@ async fn prepare_index(
     }
 }
 
-/// Retries the template install until it succeeds (Elasticsearch may be down at start-up).
+/// Keeps the index template installed and current: retries while Elasticsearch is down at
+/// start-up, and reinstalls it if someone deletes or replaces it later.
 async fn template_keeper(
     es: elasticsearch::Elasticsearch,
     index: String,
@@ -155,15 +156,27 @@ async fn template_keeper(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        if shared.elastic_status().template_installed || *shutdown.borrow() {
-            return;
-        }
+        let wait = if shared.elastic_status().template_installed {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(5)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+        let current = matches!(
+            sink::elastic::template_version(&es, &index).await,
+            Ok(v) if sink::elastic::template_is_current(v)
+        );
+        if current {
+            continue;
+        }
         if let Ok(()) = sink::elastic::install_template(&es, &index).await {
-            shared.elastic(|e| e.template_installed = true);
+            shared.elastic(|e| {
+                e.template_installed = true;
+                e.template_current = true;
+            });
             tracing::info!(index, "index template installed");
         }
     }

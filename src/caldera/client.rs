@@ -145,9 +145,12 @@ impl CalderaClient {
                 Ok(Mode::Session)
             }
             Err(e) => {
-                *s = SessionState::Refused {
-                    retry_at: Instant::now() + LOGIN_RETRY,
-                };
+                // Only a refused login waits; a Caldera that is down is simply tried again.
+                if e.is_auth() {
+                    *s = SessionState::Refused {
+                        retry_at: Instant::now() + LOGIN_RETRY,
+                    };
+                }
                 if e.is_auth() && self.key().is_some() {
                     tracing::warn!(error = %e, "Caldera login failed; falling back to the KEY header (costly for Caldera) and retrying the login in 60 s");
                     Ok(Mode::Key)

@@ -283,7 +283,11 @@ impl Watcher {
                 c.last_ok_poll = Some(SystemTime::now());
             });
         }
-        self.shared.stats.polls_ok.inc();
+        if failed {
+            self.shared.stats.polls_failed.inc();
+        } else {
+            self.shared.stats.polls_ok.inc();
+        }
         self.shared
             .stats
             .operations_tracked

@@ -1,92 +1,107 @@
 //! The embedded HTTP server: health and metrics for systemd, curl and monitoring.
 //!
-//! Handlers only read [`Shared`]; they never call Caldera or Elasticsearch, so they answer in
-//! milliseconds whatever state those are in.
+//! * `GET /api/v2/health` — overall `healthy` / `degraded` / `unhealthy` (HTTP 200 / 200 / 503)
+//!   with one check per dependency ([`health`]).
+//! * `GET /metrics` — Prometheus text format ([`metrics`]).
+//! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
+//!
+//! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
+//! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
+//! state those are in. All probing runs in the background ([`probes`]). Every endpoint but
+//! `/livez` goes through [`auth::guard`] (per-client rate limit, optional API key), which is
+//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::state::Shared;
 
+pub mod auth;
+pub mod health;
+pub mod metrics;
 pub mod probes;
 pub mod status;
 
+/// What the handlers read. Cheap to clone (all `Arc`s).
 #[derive(Clone)]
-struct AppState {
+pub struct AppState {
     shared: Arc<Shared>,
+    host: Arc<probes::HostReadings>,
+    config: Arc<health::HealthConfig>,
+    limiter: Arc<auth::RateLimiter>,
+    key: Option<Arc<auth::KeyCheck>>,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/v2/health", get(health))
-        .route("/livez", get(|| async { "ok" }))
-        .with_state(AppState { shared })
-}
-
-fn ago(t: Option<std::time::SystemTime>) -> Option<u64> {
-    t.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs())
-}
-
-async fn health(State(st): State<AppState>) -> impl IntoResponse {
-    let s = &st.shared;
-    let c = s.caldera_status();
-    let e = s.elastic_status();
-    let stats = &s.stats;
-    let es_ok = e.reachable;
-    let caldera_ok = c.reachable && c.authenticated;
-    let (status, code) = if !es_ok && e.last_error.is_some() {
-        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
-    } else if !caldera_ok || !es_ok {
-        ("degraded", StatusCode::OK)
-    } else {
-        ("healthy", StatusCode::OK)
+/// The routes, with the guard applied. `host` is filled by [`probes::sample_host`].
+pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostReadings>) -> Router {
+    let state = AppState {
+        shared,
+        host,
+        config: Arc::new(health::HealthConfig::from_settings(settings)),
+        limiter: Arc::new(auth::RateLimiter::new(
+            settings.api.max_requests_per_minute,
+            auth::MAX_CLIENTS,
+        )),
+        key: auth::KeyCheck::from_settings(&settings.api).map(Arc::new),
     };
-    let body = json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": s.started.elapsed().as_secs(),
-        "checks": {
-            "elasticsearch": {
-                "reachable": e.reachable,
-                "template_installed": e.template_installed,
-                "last_error": e.last_error,
-                "last_write_seconds_ago": ago(e.last_ok_write),
-            },
-            "caldera": {
-                "reachable": c.reachable,
-                "authenticated": c.authenticated,
-                "auth_method": c.auth_method,
-                "version": c.version,
-                "last_error": c.last_error,
-                "last_poll_seconds_ago": ago(c.last_ok_poll),
-            },
-            "pipeline": {
-                "operations_tracked": stats.operations_tracked.get(),
-                "operations_settled": stats.operations_settled.get(),
-                "documents_emitted": stats.documents_emitted.get(),
-                "documents_indexed": stats.documents_indexed.get(),
-                "documents_already_current": stats.documents_already_current.get(),
-                "documents_rejected": stats.documents_rejected.get(),
-                "documents_failed": stats.documents_failed.get(),
-                "invalid_values": stats.invalid_values.get(),
-                "polls_ok": stats.polls_ok.get(),
-                "polls_failed": stats.polls_failed.get(),
-            }
-        }
-    });
-    (code, Json(body))
+    Router::new()
+        .route("/api/v2/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
+        // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
+        // caller cannot even learn which paths exist.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state)
 }
 
-/// Binds `settings.health_bind` (port 0 picks a free one) and serves until `shutdown` turns true.
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+async fn health_handler(State(st): State<AppState>) -> Response {
+    let report = health::evaluate(&st.shared, &st.host.get(), &st.config);
+    let code = if report.level == health::Level::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        [(header::CACHE_CONTROL, NO_STORE)],
+        Json(report.to_json()),
+    )
+        .into_response()
+}
+
+async fn metrics_handler(State(st): State<AppState>) -> Response {
+    let host = st.host.get();
+    let level = health::evaluate(&st.shared, &host, &st.config).level;
+    let body = metrics::render(&st.shared, &host, level);
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            ),
+            (header::CACHE_CONTROL, NO_STORE),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Binds `settings.health_bind` (port 0 picks a free one) and serves until `shutdown` turns
+/// true. Also starts the host sampler (memory and disk), which lives and stops with the server.
 pub async fn serve(
     settings: &Settings,
     shared: Arc<Shared>,
@@ -94,16 +109,26 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(settings.health_bind).await?;
     let local = listener.local_addr()?;
-    let app = router(shared);
+    let host = Arc::new(probes::HostReadings::default());
+    let app = router(settings, shared, host.clone());
+    let sampler = tokio::spawn(probes::sample_host(
+        settings.spool_dir.clone(),
+        host,
+        shutdown.clone(),
+    ));
     let handle = tokio::spawn(async move {
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|v| *v).await;
-            })
-            .await;
+        let res = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        })
+        .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "health server failed");
         }
+        let _ = sampler.await;
     });
     Ok((local, handle))
 }
