@@ -121,6 +121,9 @@ else
   echo "CALDERA_FIXTURES_DIR is not set and ../shared/fixtures/caldera does not exist"
 fi
 
+# Spool and dead-letter folders of earlier runs (tests/support/app.rs).
+rm -rf "${TMPDIR:-/tmp}/caldera-sidecar-tests"
+
 section "cargo test ${cargo_test_args[*]} -- ${harness_args[*]}"
 status=0
 cargo test "${cargo_test_args[@]}" -- "${harness_args[@]}" || status=$?

@@ -9,8 +9,10 @@ use caldera_sidecar::config::{Layered, LoadOptions, Settings};
 
 /// Settings for a test: fast polling, a private index and spool, session login to the stub.
 pub fn test_env(caldera_url: &str, index: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let spool = std::env::temp_dir().join(format!("{index}-spool"));
-    let dead = std::env::temp_dir().join(format!("{index}-dead"));
+    // Grouped under one folder that scripts/test.sh empties before each run.
+    let base = std::env::temp_dir().join("caldera-sidecar-tests");
+    let spool = base.join(format!("{index}-spool"));
+    let dead = base.join(format!("{index}-dead"));
     let mut env: Vec<(String, String)> = vec![
         ("CALDERA_URL", caldera_url.to_string()),
         ("CALDERA_USER", "admin".into()),
