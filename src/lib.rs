@@ -10,6 +10,7 @@ pub mod app;
 pub mod caldera;
 pub mod config;
 pub mod document;
+pub mod memory;
 pub mod server;
 pub mod sink;
 pub mod state;

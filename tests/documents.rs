@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use support::scenarios::*;
 
 fn built(op: Value) -> caldera_sidecar::document::Built {
-    let op: Operation = serde_json::from_value(op).expect("recorded op decodes");
+    let bytes = serde_json::to_vec(&op).unwrap();
+    let op: Operation = serde_json::from_slice(&bytes).expect("recorded op decodes");
     build(op, None, false, Timestamp::now(), &DocSettings::default()).expect("builds")
 }
 

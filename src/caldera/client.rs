@@ -303,7 +303,11 @@ impl CalderaClient {
         }
     }
 
-    fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, CalderaError> {
+    /// Decodes a body; `T` may borrow from it (see [`super::model::Operation`]).
+    pub fn decode<'a, T: serde::Deserialize<'a>>(
+        path: &str,
+        bytes: &'a [u8],
+    ) -> Result<T, CalderaError> {
         serde_json::from_slice(bytes).map_err(|e| CalderaError::Decode {
             path: path.to_string(),
             bytes: bytes.len(),
@@ -314,6 +318,11 @@ impl CalderaClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CalderaError> {
         let bytes = self.request(reqwest::Method::GET, path, None).await?;
         Self::decode(path, &bytes)
+    }
+
+    /// The raw body of a GET, for types that borrow from it.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CalderaError> {
+        self.request(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post<T: DeserializeOwned>(

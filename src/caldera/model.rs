@@ -5,6 +5,7 @@
 //! others. Turning these into trusted values is the job of `document`, not of this module.
 
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -29,8 +30,13 @@ pub struct OperationSummary {
 }
 
 /// `GET /api/v2/operations/{id}`. Caldera has no `finish` here: only the report carries it.
+///
+/// Agents and links stay as borrowed raw JSON slices of the response body: each is decoded on
+/// its own (so one odd link cannot hide the others) into a small typed struct that skips
+/// everything the documents do not use. A full operation is ~3.9 KB per link on the wire;
+/// building a `serde_json::Value` tree of it would cost several times that in memory.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Operation {
+pub struct Operation<'a> {
     pub id: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
@@ -47,11 +53,11 @@ pub struct Operation {
     #[serde(default)]
     pub planner: Option<Planner>,
     /// Full agent objects of the operation's group; decoded one by one like links.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub host_group: Vec<serde_json::Value>,
-    /// The operation's links; decoded one by one by [`Link::from_value`].
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub chain: Vec<serde_json::Value>,
+    #[serde(default, borrow)]
+    pub host_group: Option<Vec<&'a RawValue>>,
+    /// The operation's links; decoded one by one by [`Link::from_raw`].
+    #[serde(default, borrow)]
+    pub chain: Option<Vec<&'a RawValue>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,8 +124,8 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn from_value(v: serde_json::Value) -> Result<Self, serde_json::Error> {
-        Link::deserialize(v)
+    pub fn from_raw(raw: &RawValue) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw.get())
     }
 }
 

@@ -298,7 +298,7 @@ fn opt_text(raw: Option<&str>, max: usize) -> Option<String> {
 /// `finish` comes from Caldera's report (the operation object has none); `observed` is when this
 /// state was seen, used where Caldera gives no time at all.
 pub fn build(
-    op: Operation,
+    op: Operation<'_>,
     finish: Option<Timestamp>,
     settled: bool,
     observed: Timestamp,
@@ -313,8 +313,8 @@ pub fn build(
     let start = opt_ts(op.start.as_deref(), &mut dropped);
 
     let mut agents: HashMap<String, Agent> = HashMap::new();
-    for v in op.host_group {
-        match serde_json::from_value::<Agent>(v) {
+    for raw in op.host_group.unwrap_or_default() {
+        match serde_json::from_str::<Agent>(raw.get()) {
             Ok(a) => {
                 agents.insert(a.paw.clone(), a);
             }
@@ -344,10 +344,11 @@ pub fn build(
     }
     let mut counts = LinkCounts::default();
     let mut all_links_done = state.is_closed();
-    let mut links = Vec::with_capacity(op.chain.len());
+    let chain = op.chain.unwrap_or_default();
+    let mut links = Vec::with_capacity(chain.len());
 
-    for raw in op.chain {
-        let link = match Link::from_value(raw) {
+    for raw in chain {
+        let link = match Link::from_raw(raw) {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable link skipped");
