@@ -69,6 +69,13 @@ struct Tracked {
     invalid_reported: usize,
     /// Some of its documents could not be kept by the sink: fetch it again on the next poll.
     resend: bool,
+    /// Fingerprint of the last content built from, and whether all its links were done:
+    /// an unchanged re-fetch (the common case while an operation settles) builds nothing.
+    content: Option<(u64, bool)>,
+    /// When the report (for `finish`) may be asked again after a failure.
+    report_retry_at: Option<Instant>,
+    /// Failed report requests: an operation settles without `finish` only after a few.
+    report_failures: u8,
 }
 
 impl Tracked {
@@ -83,6 +90,9 @@ impl Tracked {
             sent: HashMap::new(),
             invalid_reported: 0,
             resend: false,
+            content: None,
+            report_retry_at: None,
+            report_failures: 0,
         }
     }
 }
@@ -319,7 +329,7 @@ impl Watcher {
             return Ok(());
         };
         t.last_fetch = Some(now);
-        t.resend = false;
+        let resend = std::mem::take(&mut t.resend);
         if state.is_closed() {
             t.closed_since.get_or_insert(now);
         } else {
@@ -327,9 +337,9 @@ impl Watcher {
             t.done_since = None;
             t.finish = None;
         }
-        if state.is_closed() && t.finish.is_none() {
+        if state.is_closed() && t.finish.is_none() && t.report_retry_at.is_none_or(|r| now >= r) {
             // The report is the only place Caldera gives an operation's end time. Right after
-            // creation it can answer 500; we simply try again on the next poll.
+            // creation it can answer 500; we try again, at most once per idle interval.
             let body = serde_json::json!({"enable_agent_output": false});
             match self
                 .client
@@ -338,8 +348,26 @@ impl Watcher {
             {
                 Ok(r) => {
                     t.finish = r.finish.as_deref().and_then(|f| Timestamp::parse(f).ok());
+                    t.report_retry_at = None;
                 }
-                Err(e) => tracing::debug!(operation = %id, error = %e, "report not available yet"),
+                Err(e) => {
+                    t.report_retry_at = Some(now + self.settings.idle_interval);
+                    t.report_failures = t.report_failures.saturating_add(1);
+                    tracing::debug!(operation = %id, error = %e, "report not available yet");
+                }
+            }
+        }
+        let fingerprint = content_fingerprint(&op, t.finish);
+        if let Some((fp, done)) = t.content
+            && fp == fingerprint
+            && !resend
+        {
+            // Nothing changed since the last build. Only the settle clock can move.
+            let settles = done
+                && finish_ready(t)
+                && now.duration_since(*t.done_since.get_or_insert(now)) >= self.settings.settle_grace;
+            if !settles {
+                return Ok(());
             }
         }
         let observed = Timestamp::now();
@@ -351,9 +379,10 @@ impl Watcher {
                 return Ok(());
             }
         };
+        t.content = Some((fingerprint, built.all_links_done));
         if built.all_links_done {
             let since = *t.done_since.get_or_insert(now);
-            if now.duration_since(since) >= self.settings.settle_grace {
+            if now.duration_since(since) >= self.settings.settle_grace && finish_ready(t) {
                 built.operation.settled = true;
             }
         } else {
@@ -409,6 +438,38 @@ impl Watcher {
         }
         Ok(())
     }
+}
+
+/// Settling waits for the report's `finish`, unless the report failed a few times (it can
+/// answer 500; a settled operation is not fetched again).
+fn finish_ready(t: &Tracked) -> bool {
+    t.finish.is_some() || t.report_failures >= 3
+}
+
+/// What the documents of an operation are built from, hashed: its scalar fields, the report's
+/// `finish`, the agent fields used (not `last_seen`, which changes on every beacon), and every
+/// link exactly as Caldera sent it.
+fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&op.id, &op.name, &op.state, &op.start, &op.group, op.auto_close).hash(&mut h);
+    if let Some(a) = &op.adversary {
+        (&a.adversary_id, &a.name).hash(&mut h);
+    }
+    if let Some(p) = &op.planner {
+        (&p.id, &p.name).hash(&mut h);
+    }
+    finish.map(|f| f.to_string()).hash(&mut h);
+    for raw in op.host_group.iter().flatten() {
+        match serde_json::from_str::<super::model::Agent>(raw.get()) {
+            Ok(a) => (a.paw, a.username, a.host, a.platform, a.privilege).hash(&mut h),
+            Err(_) => raw.get().hash(&mut h),
+        }
+    }
+    for raw in op.chain.iter().flatten() {
+        raw.get().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn id_key(id: &str) -> u64 {
