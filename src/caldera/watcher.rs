@@ -365,7 +365,8 @@ impl Watcher {
             // Nothing changed since the last build. Only the settle clock can move.
             let settles = done
                 && finish_ready(t)
-                && now.duration_since(*t.done_since.get_or_insert(now)) >= self.settings.settle_grace;
+                && now.duration_since(*t.done_since.get_or_insert(now))
+                    >= self.settings.settle_grace;
             if !settles {
                 return Ok(());
             }
@@ -452,7 +453,15 @@ fn finish_ready(t: &Tracked) -> bool {
 fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&op.id, &op.name, &op.state, &op.start, &op.group, op.auto_close).hash(&mut h);
+    (
+        &op.id,
+        &op.name,
+        &op.state,
+        &op.start,
+        &op.group,
+        op.auto_close,
+    )
+        .hash(&mut h);
     if let Some(a) = &op.adversary {
         (&a.adversary_id, &a.name).hash(&mut h);
     }
