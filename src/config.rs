@@ -165,7 +165,7 @@ const KEYS: &[Key] = &[
     ),
     key(
         "BULK_FLUSH_MS",
-        "200",
+        "50",
         "milliseconds a partial bulk waits for more documents",
     ),
     key("SPOOL_DIR", "spool", "durable spool directory"),
