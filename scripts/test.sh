@@ -124,8 +124,17 @@ fi
 # Spool and dead-letter folders of earlier runs (tests/support/app.rs).
 rm -rf "${TMPDIR:-/tmp}/caldera-sidecar-tests"
 
-section "cargo test ${cargo_test_args[*]} -- ${harness_args[*]}"
 status=0
-cargo test "${cargo_test_args[@]}" -- "${harness_args[@]}" || status=$?
+if [ "$#" -eq 0 ]; then
+  # Benchmarks run as smoke tests without harness flags: criterion and the pipeline program
+  # have their own command lines (--test-threads is libtest's).
+  section "cargo test --lib --bins --tests -- ${harness_args[*]}"
+  cargo test --lib --bins --tests -- "${harness_args[@]}" || status=$?
+  section "cargo test --benches (smoke run of every benchmark)"
+  cargo test --benches || status=$?
+else
+  section "cargo test ${cargo_test_args[*]} -- ${harness_args[*]}"
+  cargo test "${cargo_test_args[@]}" -- "${harness_args[@]}" || status=$?
+fi
 section "cargo test exit status: $status"
 exit "$status"

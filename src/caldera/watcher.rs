@@ -348,7 +348,11 @@ impl Watcher {
             {
                 Ok(r) => {
                     t.finish = r.finish.as_deref().and_then(|f| Timestamp::parse(f).ok());
-                    t.report_retry_at = None;
+                    if t.finish.is_none() {
+                        // Closed but no end time yet (or an unreadable one): ask again later.
+                        t.report_retry_at = Some(now + self.settings.idle_interval);
+                        t.report_failures = t.report_failures.saturating_add(1);
+                    }
                 }
                 Err(e) => {
                     t.report_retry_at = Some(now + self.settings.idle_interval);
