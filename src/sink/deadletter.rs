@@ -2,14 +2,14 @@
 //! mapping conflict). Retrying them cannot help, so each is written once, with the reason,
 //! for a person to look at and, after fixing the cause, to replay with `caldera-sidecar replay`.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::spool::file_name;
+use super::spool::{file_name, fsync_dir, write_durably};
 use crate::document::Encoded;
 use crate::document::types::Timestamp;
 
@@ -45,23 +45,10 @@ pub fn write(dir: &Path, index: &str, doc: &Encoded, reason: &str) -> io::Result
             .then(|| String::from_utf8_lossy(&doc.body).into_owned()),
     };
     let bytes = serde_json::to_vec_pretty(&letter).map_err(io::Error::other)?;
-    let path = dir.join(file_name(doc.version, &doc.id));
-    let tmp = dir.join(format!("{}.tmp", file_name(doc.version, &doc.id)));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res.map(|_| path)
+    let name = file_name(doc.version, &doc.id);
+    write_durably(dir, &name, &bytes)?;
+    fsync_dir(dir)?;
+    Ok(dir.join(name))
 }
 
 /// Number of dead letters in `dir` (0 if it does not exist).

@@ -67,7 +67,27 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
+/// Writes `dir/name` so that it is either absent or complete, even across a crash: a temp
+/// file, fsync, rename. (The caller fsyncs the directory, once per batch.)
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -208,29 +228,11 @@ impl Spool {
     }
 
     fn write_file(&self, doc: &Encoded) -> Result<(), SpoolError> {
-        let final_path = self.dir.join(file_name(doc.version, &doc.id));
-        let tmp = self
-            .dir
-            .join(format!("{}.tmp", file_name(doc.version, &doc.id)));
-        let io_err = |source| SpoolError::Io {
-            path: tmp.clone(),
+        let name = file_name(doc.version, &doc.id);
+        write_durably(&self.dir, &name, &doc.body).map_err(|source| SpoolError::Io {
+            path: self.dir.join(&name),
             source,
-        };
-        let res = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&doc.body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &final_path)
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(e));
-        }
-        Ok(())
+        })
     }
 
     /// The `n` oldest keys.
