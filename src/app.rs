@@ -82,7 +82,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let client = Arc::new(
         CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
     );
-    let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1) * 4);
+    // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
+    // no more (every queued document is memory; the watcher simply waits when it is full).
+    let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
     let probes = tokio::spawn(crate::server::probes::run(
         es.clone(),
         client.clone(),

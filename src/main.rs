@@ -44,7 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    caldera_sidecar::memory::limit_arenas();
+    caldera_sidecar::memory::tune_allocator();
     let cli = Cli::parse();
     let opts = config::LoadOptions {
         config_file: cli.config,

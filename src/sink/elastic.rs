@@ -169,6 +169,18 @@ pub async fn bulk(
     docs: &[Encoded],
     timeout: Duration,
 ) -> Result<Vec<BulkItem>, RequestError> {
+    let result = send_bulk(es, index, docs, timeout).await;
+    // The request body and its copies in the HTTP client are gone now.
+    crate::memory::transient_freed(docs.iter().map(|d| 2 * d.body.len()).sum());
+    result
+}
+
+async fn send_bulk(
+    es: &Elasticsearch,
+    index: &str,
+    docs: &[Encoded],
+    timeout: Duration,
+) -> Result<Vec<BulkItem>, RequestError> {
     let actions: Vec<String> = docs.iter().map(|d| action_line(index, d)).collect();
     let mut body: Vec<&[u8]> = Vec::with_capacity(docs.len() * 2);
     for (a, d) in actions.iter().zip(docs) {
