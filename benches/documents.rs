@@ -1,14 +1,20 @@
-//! Micro benchmark of the per-document CPU work the watcher does on every fetch of an operation:
-//! decode Caldera's JSON, build + sanitize the documents, encode each one (JSON + fingerprint +
-//! bookkeeping), measured on the recorded operation A (26 links, `operation_finished.json`).
+//! Micro benchmark of the per-document CPU work the watcher does on every fetch of an operation
+//! that changed, measured on the recorded operation A (26 links, `operation_finished.json`):
+//! `decode` (the operation's own fields; its links and agents stay borrowed raw JSON slices),
+//! `build_sanitize` (each link decoded from its slice into a small struct, then the documents
+//! built through the validating types), `encode` (JSON + fingerprint + bookkeeping of the 26
+//! link documents and the operation document), and the three together.
 //!
 //! Why: the pipeline benchmark (`benches/pipeline.rs`, scenario `cpu`) measures the whole
 //! daemon's CPU per link document; this one says how much of it is the pure document work, with
 //! criterion's statistics, so a regression in `document::build`/`encode` shows up on its own.
 //!
-//! Run: `cargo bench --bench documents`. Under `cargo test --all-targets` criterion runs every
-//! benchmark once as a smoke test. Throughput is reported in link documents per second; divide
-//! a reported time by 26 for the cost per link.
+//! `one_changed` is the common poll of a running operation: the same 26 links decoded and
+//! counted, but only one link document built and encoded (the others are unchanged).
+//!
+//! Run: `cargo bench --bench documents`. Throughput is in link documents per second; divide a
+//! time by 26 for the cost per link. Under `cargo test --benches` criterion runs every
+//! benchmark once as a smoke test.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -79,8 +85,28 @@ fn documents(c: &mut Criterion) {
             encode_all(&built, &mut sequence)
         })
     });
+    g.bench_function("decode_build_encode_one_changed", |b| {
+        b.iter(|| {
+            let op = decode(black_box(&bytes));
+            let finish = Timestamp::parse("2026-11-28T15:45:47Z").expect("valid timestamp");
+            let mut first = true;
+            let mut wanted = |_: &_, _: &str| std::mem::take(&mut first);
+            let built = document::build_with(
+                op,
+                Some(finish),
+                false,
+                Timestamp::now(),
+                &settings,
+                &mut wanted,
+            )
+            .expect("op A builds");
+            assert_eq!(built.links.len(), 1);
+            encode_all(&built, &mut sequence)
+        })
+    });
     g.finish();
 }
 
 criterion_group!(benches, documents);
+
 criterion_main!(benches);

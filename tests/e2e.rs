@@ -141,6 +141,80 @@ async fn scenario_a_grows_to_26_links_and_finishes() {
     s.delete_index().await;
 }
 
+/// `sidecar.sequence` of every link document of `op`, by link id.
+async fn link_sequences(s: &Search, op: &str) -> std::collections::BTreeMap<String, u64> {
+    s.links(op)
+        .await
+        .iter()
+        .map(|l| {
+            (
+                l["link_id"].as_str().unwrap().to_string(),
+                l["sidecar"]["sequence"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn only_changed_links_are_sent_again() {
+    let stub = CalderaStub::start().await;
+    let index = unique_index("changed-links");
+    let s = Search::new(&index);
+    stub.put_operation(op_a_progress(5, false));
+    let r = app::start(&app::test_env(&stub.url(), &index, &[])).await;
+    wait_for(WAIT, "5 link docs", || async {
+        (link_count(&s, OP_A_ID).await == 5).then_some(())
+    })
+    .await;
+    let before = link_sequences(&s, OP_A_ID).await;
+
+    // A sixth link starts: only it is new; the five finished links did not change.
+    stub.put_operation(op_a_progress(5, true));
+    wait_for(WAIT, "6 link docs", || async {
+        (link_count(&s, OP_A_ID).await == 6).then_some(())
+    })
+    .await;
+    // Several more polls of the same state: still nothing to send again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.refresh().await;
+    let after = link_sequences(&s, OP_A_ID).await;
+    for (id, seq) in &before {
+        assert_eq!(
+            after.get(id),
+            Some(seq),
+            "unchanged link {id} was sent again"
+        );
+    }
+    let emitted = r.shared.stats.documents_emitted.get();
+    assert!(
+        emitted <= 5 + 1 + 3,
+        "5 links, then 1 new link, plus the operation document a few times: {emitted} sent"
+    );
+
+    // The operation's name is part of every link document: renaming it rebuilds all of them.
+    let mut renamed = op_a_progress(5, true);
+    renamed["name"] = json!("purple-discovery-renamed");
+    stub.put_operation(renamed);
+    wait_for(WAIT, "every link document renamed", || async {
+        let links = s.links(OP_A_ID).await;
+        (links.len() == 6
+            && links
+                .iter()
+                .all(|l| l["operation_name"] == "purple-discovery-renamed"))
+        .then_some(())
+    })
+    .await;
+    let renamed_seqs = link_sequences(&s, OP_A_ID).await;
+    for (id, seq) in &after {
+        assert!(
+            renamed_seqs[id] > *seq,
+            "link {id} kept its old observation"
+        );
+    }
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
 #[tokio::test]
 async fn restart_catches_up_without_duplicates() {
     let stub = CalderaStub::start().await;

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::client::{CalderaClient, CalderaError};
 use super::model::{Operation, OperationSummary, Report};
 use crate::config::CalderaSettings;
-use crate::document::types::{OperationId, OperationState, Timestamp};
+use crate::document::types::{LinkId, OperationId, OperationState, Timestamp};
 use crate::document::{self, DocSettings, Encoded, Unsaved};
 use crate::state::Shared;
 
@@ -62,8 +62,9 @@ struct Tracked {
     last_fetch: Option<Instant>,
     /// The report's `finish`, once known.
     finish: Option<Timestamp>,
-    /// Fingerprints of what was last sent, by hash of the document id (16 bytes an entry:
-    /// 50,000 tracked links cost under 2 MB). Emptied once settled.
+    /// What was last sent, by hash of the document id (16 bytes an entry: 50,000 tracked links
+    /// cost under 2 MB): for a link the hash of its inputs (`link_input`), for the operation
+    /// the fingerprint of its encoded content. Emptied once settled.
     sent: HashMap<u64, u64>,
     /// Number of invalid values last reported for this operation (to log changes once).
     invalid_reported: usize,
@@ -322,7 +323,21 @@ impl Watcher {
     async fn refresh(&mut self, id: &OperationId) -> Result<(), CalderaError> {
         let path = super::operation_path(id.as_str());
         let body = self.client.get_bytes(&path).await?;
-        let op: Operation = CalderaClient::decode(&path, &body)?;
+        let result = self.apply(id, &path, &body).await;
+        let len = body.len();
+        drop(body);
+        crate::memory::transient_freed(len);
+        result
+    }
+
+    /// Builds the documents of one fetched operation and sends those that changed.
+    async fn apply(
+        &mut self,
+        id: &OperationId,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), CalderaError> {
+        let op: Operation = CalderaClient::decode(path, body)?;
         let now = Instant::now();
         let state = OperationState::parse(&op.state);
         let Some(t) = self.ops.get_mut(id) else {
@@ -376,7 +391,22 @@ impl Watcher {
             }
         }
         let observed = Timestamp::now();
-        let mut built = match document::build(op, t.finish, false, observed, &self.docs) {
+        // A link document depends on its link's JSON and on the operation fields in `context`
+        // only: one whose inputs are what was last sent is not built again.
+        let context = link_context(&op);
+        let sent = &t.sent;
+        let mut inputs = Vec::new();
+        let mut wanted = |link: &LinkId, raw: &str| {
+            let key = id_key(&document::link_doc_id(link));
+            let input = link_input(context, raw);
+            let unchanged = sent.get(&key) == Some(&input);
+            if !unchanged {
+                inputs.push((key, input));
+            }
+            !unchanged
+        };
+        let built = document::build_with(op, t.finish, false, observed, &self.docs, &mut wanted);
+        let mut built = match built {
             Ok(b) => b,
             Err(e) => {
                 self.shared.stats.invalid_values.inc();
@@ -415,9 +445,14 @@ impl Watcher {
         }
 
         let mut out = Vec::with_capacity(built.links.len() + 1);
-        for link in &built.links {
-            let doc_id = link.event.id.clone();
-            push_if_changed(&mut out, &mut t.sent, link, doc_id, &self.clock);
+        for (link, (key, input)) in built.links.iter().zip(inputs) {
+            match document::encode(link, link.event.id.clone(), self.clock.next()) {
+                Ok((_, enc)) => {
+                    t.sent.insert(key, input);
+                    out.push(enc);
+                }
+                Err(e) => tracing::error!(error = %e, "document could not be encoded"),
+            }
         }
         let settled = built.operation.settled;
         let op_doc_id = built.operation.event.id.clone();
@@ -451,21 +486,36 @@ fn finish_ready(t: &Tracked) -> bool {
     t.finish.is_some() || t.report_failures >= 3
 }
 
-/// What the documents of an operation are built from, hashed: its scalar fields, the report's
-/// `finish`, the agent fields used (not `last_seen`, which changes on every beacon), and every
-/// link exactly as Caldera sent it.
+/// The operation fields a link document is built from besides its link, hashed: name, group,
+/// start and the agent fields used (not `last_seen`, which changes on every beacon).
+fn link_context(op: &Operation<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&op.id, &op.name, &op.start, &op.group).hash(&mut h);
+    for raw in op.host_group.iter().flatten() {
+        match serde_json::from_str::<super::model::Agent>(raw.get()) {
+            Ok(a) => (a.paw, a.username, a.host, a.platform, a.privilege).hash(&mut h),
+            Err(_) => raw.get().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// What one link document is built from: the operation's link context and the link's JSON
+/// exactly as Caldera sent it.
+fn link_input(context: u64, raw: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (context, raw).hash(&mut h);
+    h.finish()
+}
+
+/// What the documents of an operation are built from, hashed: the link context, the other
+/// scalar fields, the report's `finish`, and every link exactly as Caldera sent it.
 fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        &op.id,
-        &op.name,
-        &op.state,
-        &op.start,
-        &op.group,
-        op.auto_close,
-    )
-        .hash(&mut h);
+    (link_context(op), &op.state, op.auto_close).hash(&mut h);
     if let Some(a) = &op.adversary {
         (&a.adversary_id, &a.name).hash(&mut h);
     }
@@ -473,12 +523,6 @@ fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
         (&p.id, &p.name).hash(&mut h);
     }
     finish.map(|f| f.to_string()).hash(&mut h);
-    for raw in op.host_group.iter().flatten() {
-        match serde_json::from_str::<super::model::Agent>(raw.get()) {
-            Ok(a) => (a.paw, a.username, a.host, a.platform, a.privilege).hash(&mut h),
-            Err(_) => raw.get().hash(&mut h),
-        }
-    }
     for raw in op.chain.iter().flatten() {
         raw.get().hash(&mut h);
     }

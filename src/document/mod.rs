@@ -304,6 +304,23 @@ pub fn build(
     observed: Timestamp,
     settings: &DocSettings,
 ) -> Result<Built, InvalidValue> {
+    build_with(op, finish, settled, observed, settings, &mut |_, _| true)
+}
+
+/// [`build`], building a link's document only where `wanted(link id, raw link JSON)` says so.
+///
+/// Every link still counts towards the operation document (techniques, hosts, counts, invalid
+/// values); only the link documents the caller already holds unchanged are not built again, so
+/// a poll of a running operation costs O(changed links), not O(links). `wanted` is called once
+/// per valid link, in order, and each `true` yields exactly one entry of `Built::links`.
+pub fn build_with(
+    op: Operation<'_>,
+    finish: Option<Timestamp>,
+    settled: bool,
+    observed: Timestamp,
+    settings: &DocSettings,
+    wanted: &mut dyn FnMut(&LinkId, &str) -> bool,
+) -> Result<Built, InvalidValue> {
     let operation_id = OperationId::parse(&op.id)?;
     let mut dropped = Dropped::default();
     let operation_name = clean_text(&op.name, NAME_MAX);
@@ -431,6 +448,9 @@ pub fn build(
         let decide = opt_ts(link.decide.as_deref(), &mut dropped);
         let collect = opt_ts(link.collect.as_deref(), &mut dropped);
         let reported = opt_ts(link.agent_reported_time.as_deref(), &mut dropped);
+        if !wanted(&link_id, raw.get()) {
+            continue;
+        }
         let started = reported.or(collect);
         let when = started.or(decide).or(start).unwrap_or(observed);
         let command = if settings.include_command {
