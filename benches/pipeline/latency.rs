@@ -229,7 +229,7 @@ async fn measure(
         },
     )
     .await?;
-    let cpu0 = sidecar.cpu()?;
+    let (cpu0, cpu_t0) = (sidecar.cpu()?, Instant::now());
     let docs0 = sidecar.stat("documents_indexed").await?;
     let hist0 = histogram_sum_count(&sidecar.metrics().await?, HIST);
 
@@ -343,6 +343,7 @@ async fn measure(
         Err(e) => return Err(format!("probe panicked: {e}").into()),
     }
     let cpu = sidecar.cpu()?.saturating_sub(cpu0);
+    let cpu_secs = cpu_t0.elapsed().as_secs_f64();
     let docs = sidecar
         .stat("documents_indexed")
         .await?
@@ -439,6 +440,18 @@ async fn measure(
             );
         }
     }
+    f.add(
+        format!("{p}_docs_indexed"),
+        format!("{tag}: documents indexed (links and operations)"),
+        "docs",
+        docs as f64,
+    );
+    f.add(
+        format!("{p}_cpu_ms_per_s"),
+        format!("{tag}: sidecar CPU per second (live ops)"),
+        "ms/s",
+        cpu.as_secs_f64() * 1000.0 / cpu_secs,
+    );
     f.add(
         format!("{p}_cpu_ms_per_doc"),
         format!("{tag}: sidecar CPU per indexed document (live ops)"),

@@ -36,7 +36,7 @@ pub fn targets() -> Vec<Target> {
     ]
 }
 
-/// The sidecar's settings for `index`, with production defaults otherwise.
+/// The sidecar's settings for `index`, with production defaults otherwise (and `--env`).
 pub fn settings(es_url: &str, index: &str, dir: &std::path::Path) -> BenchResult<Settings> {
     let env = [
         ("ELK_URL", es_url.to_string()),
@@ -49,8 +49,15 @@ pub fn settings(es_url: &str, index: &str, dir: &std::path::Path) -> BenchResult
         config_file: Some("/dev/null".into()),
         env_file: Some("/dev/null".into()),
     };
-    let layered = Layered::load(&opts, env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .map_err(|e| format!("settings: {e}"))?;
+    let overrides = crate::common::EXTRA_ENV
+        .get()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let all = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .chain(overrides.iter().cloned());
+    let layered = Layered::load(&opts, all).map_err(|e| format!("settings: {e}"))?;
     Ok(layered.settings().map_err(|e| format!("settings: {e}"))?)
 }
 
