@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::caldera::client::CalderaClient;
-use crate::caldera::watcher::Watcher;
+use crate::caldera::watcher::{Known, Watcher};
 use crate::config::Settings;
 use crate::sink::{self, Sink};
 use crate::state::Shared;
@@ -75,7 +75,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
     // Template and restart knowledge: best effort with a deadline, so a down Elasticsearch
     // never blocks intake (documents then wait in the sink).
-    let known_settled = prepare_index(&es, &index, &shared).await;
+    let known = prepare_index(&es, &index, &shared).await;
 
     let sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
@@ -98,7 +98,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.documents.clone(),
         doc_tx,
         shared.clone(),
-        known_settled,
+        known,
         unsaved_rx,
     );
 
@@ -117,7 +117,7 @@ async fn prepare_index(
     es: &elasticsearch::Elasticsearch,
     index: &str,
     shared: &Arc<Shared>,
-) -> std::collections::HashMap<String, String> {
+) -> Known {
     let deadline = Duration::from_secs(5);
     match tokio::time::timeout(deadline, sink::elastic::install_template(es, index)).await {
         Ok(Ok(())) => {
@@ -131,21 +131,42 @@ async fn prepare_index(
             tracing::warn!(
                 error = e.message(),
                 "index template not installed yet; will retry"
-            )
+            );
+            return Known::default();
         }
-        Err(_) => tracing::warn!("Elasticsearch did not answer in 5 s; will retry the template"),
+        Err(_) => {
+            tracing::warn!("Elasticsearch did not answer in 5 s; will retry the template");
+            return Known::default();
+        }
     }
-    match tokio::time::timeout(deadline, sink::elastic::settled_operations(es, index)).await {
-        Ok(Ok(m)) => {
-            if !m.is_empty() {
+    // Without this knowledge the wall clock alone orders observations and every operation is
+    // fetched once more: slower, never wrong.
+    let read = async {
+        let max_sequence = sink::elastic::max_sequence(es, index).await?;
+        let settled = sink::elastic::settled_operations(es, index).await?;
+        Ok::<_, sink::elastic::RequestError>(Known {
+            settled,
+            max_sequence,
+        })
+    };
+    match tokio::time::timeout(Duration::from_secs(15), read).await {
+        Ok(Ok(known)) => {
+            if !known.settled.is_empty() {
                 tracing::info!(
-                    operations = m.len(),
+                    operations = known.settled.len(),
                     "settled operations already indexed; they will not be fetched again"
                 );
             }
-            m
+            known
         }
-        _ => Default::default(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = e.message(), "indexed history not read");
+            Known::default()
+        }
+        Err(_) => {
+            tracing::warn!("indexed history not read in 15 s");
+            Known::default()
+        }
     }
 }
 

@@ -330,6 +330,86 @@ async fn older_observation_never_overwrites_newer() {
     s.delete_index().await;
 }
 
+/// A wall clock that went back across a restart must not make new observations lose: the
+/// watcher's numbers start above the highest one already indexed.
+#[tokio::test]
+async fn observations_start_above_the_indexed_ones() {
+    use caldera_sidecar::document::encode;
+    use caldera_sidecar::sink::{Sink, elastic};
+    let stub = CalderaStub::start().await;
+    let index = unique_index("clock-floor");
+    let s = Search::new(&index);
+    let env = app::test_env(&stub.url(), &index, &[]);
+    let settings = app::settings(&env);
+    let es = elastic::build_client(&settings.elastic).unwrap();
+    elastic::install_template(&es, &index).await.unwrap();
+    // Written by a run whose clock was an hour ahead.
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+        + 3_600_000_000;
+    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sink = Sink::new(es.clone(), &settings, shared, tx).unwrap();
+    let old = json!({"operation_id": OP_A_ID, "status": "running", "purple_team_exercise": true});
+    sink.deliver(
+        vec![encode(&old, format!("op-{OP_A_ID}"), ahead).unwrap().1],
+        false,
+    )
+    .await;
+    s.refresh().await;
+    assert_eq!(
+        elastic::max_sequence(&es, &index).await.unwrap(),
+        Some(ahead)
+    );
+
+    stub.put_operation(op_a_finished());
+    let r = app::start(&env).await;
+    let doc = wait_op(&s, OP_A_ID, "the newer observation indexed", |d| {
+        d["status"] == "finished"
+    })
+    .await;
+    assert!(
+        doc["sidecar"]["sequence"].as_u64().unwrap() > ahead,
+        "{doc}"
+    );
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+/// The settled operations known at start-up are read whole, page by page.
+#[tokio::test]
+async fn settled_operations_are_read_in_pages() {
+    use caldera_sidecar::document::encode;
+    use caldera_sidecar::sink::{Sink, elastic};
+    let index = unique_index("settled-pages");
+    let s = Search::new(&index);
+    let env = app::test_env("http://127.0.0.1:9", &index, &[]);
+    let settings = app::settings(&env);
+    let es = elastic::build_client(&settings.elastic).unwrap();
+    elastic::install_template(&es, &index).await.unwrap();
+    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sink = Sink::new(es.clone(), &settings, shared, tx).unwrap();
+    let mut docs = Vec::new();
+    for n in 0..7u64 {
+        let id = format!("{n:08x}-0000-4000-8000-000000000001");
+        let doc = json!({"operation_id": id, "status": "finished", "settled": n != 3,
+            "event": {"dataset": "caldera.operation"}, "purple_team_exercise": true});
+        docs.push(encode(&doc, format!("op-{id}"), 1_000 + n).unwrap().1);
+    }
+    sink.deliver(docs, false).await;
+    s.refresh().await;
+    let all = elastic::settled_operations_in_pages(&es, &index, 2)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(!all.contains_key("00000003-0000-4000-8000-000000000001"));
+    assert_eq!(all, elastic::settled_operations(&es, &index).await.unwrap());
+    s.delete_index().await;
+}
+
 fn link_with_technique(template: &Value, n: usize, technique: &str) -> Value {
     let mut l = template.clone();
     let id = format!("{n:08x}-0000-4000-8000-00000000abcd");

@@ -33,6 +33,12 @@ use crate::state::Shared;
 pub struct SequenceClock(AtomicU64);
 
 impl SequenceClock {
+    /// A clock whose numbers are all above `floor` (the highest one already in the index), even
+    /// if the wall clock is behind it.
+    pub fn above(floor: Option<u64>) -> Self {
+        Self(AtomicU64::new(floor.unwrap_or(0)))
+    }
+
     pub fn next(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -73,10 +79,20 @@ struct Tracked {
     /// Fingerprint of the last content built from, and whether all its links were done:
     /// an unchanged re-fetch (the common case while an operation settles) builds nothing.
     content: Option<(u64, bool)>,
+    /// The last body fetched, as a hash, with what was read from it: a byte-identical re-fetch
+    /// is not parsed again.
+    last_body: Option<LastBody>,
     /// When the report (for `finish`) may be asked again after a failure.
     report_retry_at: Option<Instant>,
     /// Failed report requests: an operation settles without `finish` only after a few.
     report_failures: u8,
+}
+
+#[derive(Debug)]
+struct LastBody {
+    hash: u64,
+    state: OperationState,
+    content_base: u64,
 }
 
 impl Tracked {
@@ -92,10 +108,20 @@ impl Tracked {
             invalid_reported: 0,
             resend: false,
             content: None,
+            last_body: None,
             report_retry_at: None,
             report_failures: 0,
         }
     }
+}
+
+/// What the index already knows at start-up.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Operations the index holds as settled, with their state.
+    pub settled: HashMap<String, String>,
+    /// The highest observation number in the index.
+    pub max_sequence: Option<u64>,
 }
 
 pub struct Watcher {
@@ -127,7 +153,7 @@ impl Watcher {
         docs: DocSettings,
         out: mpsc::Sender<Encoded>,
         shared: Arc<Shared>,
-        known_settled: HashMap<String, String>,
+        known: Known,
         unsaved: mpsc::UnboundedReceiver<Unsaved>,
     ) -> Self {
         Self {
@@ -136,9 +162,9 @@ impl Watcher {
             docs,
             out,
             shared,
-            clock: SequenceClock::default(),
+            clock: SequenceClock::above(known.max_sequence),
             ops: HashMap::new(),
-            known_settled,
+            known_settled: known.settled,
             unsaved,
             last_error: None,
         }
@@ -337,14 +363,35 @@ impl Watcher {
         path: &str,
         body: &[u8],
     ) -> Result<(), CalderaError> {
-        let op: Operation = CalderaClient::decode(path, body)?;
         let now = Instant::now();
-        let state = OperationState::parse(&op.state);
         let Some(t) = self.ops.get_mut(id) else {
             return Ok(());
         };
+        let resend = t.resend;
+        // Most re-fetches (a running operation between changes, a closed one settling) return
+        // the very same bytes: recognise them by a hash of the body and skip parsing them.
+        let body_hash = hash_bytes(body);
+        let same = t
+            .last_body
+            .as_ref()
+            .filter(|l| l.hash == body_hash && !resend);
+        let (op, state, base) = match same {
+            Some(l) => (None, l.state.clone(), l.content_base),
+            None => {
+                let o: Operation = CalderaClient::decode(path, body)?;
+                let state = OperationState::parse(&o.state);
+                let base = content_base(&o);
+                (Some(o), state, base)
+            }
+        };
+        // Read: from here on the fetch counts (a malformed body leaves everything as it was).
         t.last_fetch = Some(now);
-        let resend = std::mem::take(&mut t.resend);
+        t.resend = false;
+        t.last_body = Some(LastBody {
+            hash: body_hash,
+            state: state.clone(),
+            content_base: base,
+        });
         if state.is_closed() {
             t.closed_since.get_or_insert(now);
         } else {
@@ -376,7 +423,7 @@ impl Watcher {
                 }
             }
         }
-        let fingerprint = content_fingerprint(&op, t.finish);
+        let fingerprint = with_finish(base, t.finish);
         if let Some((fp, done)) = t.content
             && fp == fingerprint
             && !resend
@@ -390,6 +437,11 @@ impl Watcher {
                 return Ok(());
             }
         }
+        let op = match op {
+            Some(o) => o,
+            // Same bytes, but the report's `finish` or the settle clock moved.
+            None => CalderaClient::decode(path, body)?,
+        };
         let observed = Timestamp::now();
         // A link document depends on its link's JSON and on the operation fields in `context`
         // only: one whose inputs are what was last sent is not built again.
@@ -510,9 +562,9 @@ fn link_input(context: u64, raw: &str) -> u64 {
     h.finish()
 }
 
-/// What the documents of an operation are built from, hashed: the link context, the other
-/// scalar fields, the report's `finish`, and every link exactly as Caldera sent it.
-fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
+/// What the documents of an operation are built from, hashed, except the report's `finish`:
+/// the link context, the other scalar fields, and every link exactly as Caldera sent it.
+fn content_base(op: &Operation<'_>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (link_context(op), &op.state, op.auto_close).hash(&mut h);
@@ -522,10 +574,24 @@ fn content_fingerprint(op: &Operation<'_>, finish: Option<Timestamp>) -> u64 {
     if let Some(p) = &op.planner {
         (&p.id, &p.name).hash(&mut h);
     }
-    finish.map(|f| f.to_string()).hash(&mut h);
     for raw in op.chain.iter().flatten() {
         raw.get().hash(&mut h);
     }
+    h.finish()
+}
+
+/// The whole content fingerprint: [`content_base`] and the report's `finish`.
+fn with_finish(base: u64, finish: Option<Timestamp>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (base, finish.map(|f| f.to_string())).hash(&mut h);
+    h.finish()
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(bytes);
     h.finish()
 }
 
@@ -560,5 +626,20 @@ pub fn interval_for(settings: &CalderaSettings, a: Activity) -> Duration {
     match a {
         Activity::Active => settings.poll_interval,
         Activity::Idle => settings.idle_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_starts_above_the_indexed_observations() {
+        let far = 4_000_000_000_000_000; // year 2096, in microseconds
+        let clock = SequenceClock::above(Some(far));
+        let a = clock.next();
+        assert!(a > far);
+        assert!(clock.next() > a);
+        assert!(SequenceClock::above(None).next() > 1_700_000_000_000_000);
     }
 }

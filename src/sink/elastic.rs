@@ -215,28 +215,48 @@ async fn send_bulk(
 }
 
 /// Operation ids the index holds as settled, with their state: the watcher skips those after a
-/// restart instead of fetching them from Caldera again.
+/// restart instead of fetching them from Caldera again. Read in pages (`search_after` on the
+/// operation id), so a long history is read whole.
 pub async fn settled_operations(
     es: &Elasticsearch,
     index: &str,
 ) -> Result<HashMap<String, String>, RequestError> {
-    let resp = es
-        .search(SearchParts::Index(&[index]))
-        .ignore_unavailable(true)
-        .body(json!({
-            "size": 10000,
+    settled_operations_in_pages(es, index, 5_000).await
+}
+
+/// [`settled_operations`] with a chosen page size (tests use small pages).
+pub async fn settled_operations_in_pages(
+    es: &Elasticsearch,
+    index: &str,
+    page: usize,
+) -> Result<HashMap<String, String>, RequestError> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({
+            "size": page,
             "_source": ["operation_id", "status"],
+            "sort": [{"operation_id": "asc"}],
             "query": {"bool": {"filter": [
                 {"term": {"event.dataset": "caldera.operation"}},
                 {"term": {"settled": true}}
             ]}}
-        }))
-        .send()
-        .await;
-    let resp = check(resp).await?;
-    let v: serde_json::Value = resp.json().await.map_err(transport_error)?;
-    let mut out = HashMap::new();
-    if let Some(hits) = v["hits"]["hits"].as_array() {
+        });
+        if let Some(a) = &after {
+            body["search_after"] = json!([a]);
+        }
+        let resp = es
+            .search(SearchParts::Index(&[index]))
+            .ignore_unavailable(true)
+            .body(body)
+            .send()
+            .await;
+        let resp = check(resp).await?;
+        let v: serde_json::Value = resp.json().await.map_err(transport_error)?;
+        let hits = v["hits"]["hits"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for h in hits {
             if let (Some(id), Some(st)) = (
                 h["_source"]["operation_id"].as_str(),
@@ -245,8 +265,34 @@ pub async fn settled_operations(
                 out.insert(id.to_string(), st.to_string());
             }
         }
+        let last = hits.last().and_then(|h| h["sort"][0].as_str());
+        match last {
+            Some(l) if hits.len() == page => after = Some(l.to_string()),
+            _ => return Ok(out),
+        }
     }
-    Ok(out)
+}
+
+/// The highest observation number (`sidecar.sequence`) in the index, if any: the watcher's
+/// clock starts above it, so a wall clock that went back across a restart cannot make new
+/// observations lose against old ones.
+pub async fn max_sequence(es: &Elasticsearch, index: &str) -> Result<Option<u64>, RequestError> {
+    let resp = es
+        .search(SearchParts::Index(&[index]))
+        .ignore_unavailable(true)
+        .body(json!({
+            "size": 0,
+            "aggs": {"max_sequence": {"max": {"field": "sidecar.sequence"}}}
+        }))
+        .send()
+        .await;
+    let resp = check(resp).await?;
+    let v: serde_json::Value = resp.json().await.map_err(transport_error)?;
+    // A `max` aggregation answers a double (exact up to 2^53, i.e. year 2255 in microseconds).
+    Ok(v["aggregations"]["max_sequence"]["value"]
+        .as_f64()
+        .filter(|m| m.is_finite() && *m >= 0.0)
+        .map(|m| m as u64))
 }
 
 /// Cluster health status ("green", "yellow", "red").
