@@ -92,6 +92,7 @@ struct Tracked {
 struct LastBody {
     hash: u64,
     state: OperationState,
+    link_context: u64,
     content_base: u64,
 }
 
@@ -375,13 +376,14 @@ impl Watcher {
             .last_body
             .as_ref()
             .filter(|l| l.hash == body_hash && !resend);
-        let (op, state, base) = match same {
-            Some(l) => (None, l.state.clone(), l.content_base),
+        let (op, state, context, base) = match same {
+            Some(l) => (None, l.state.clone(), l.link_context, l.content_base),
             None => {
                 let o: Operation = CalderaClient::decode(path, body)?;
                 let state = OperationState::parse(&o.state);
-                let base = content_base(&o);
-                (Some(o), state, base)
+                let context = link_context(&o);
+                let base = content_base(&o, context);
+                (Some(o), state, context, base)
             }
         };
         // Read: from here on the fetch counts (a malformed body leaves everything as it was).
@@ -390,6 +392,7 @@ impl Watcher {
         t.last_body = Some(LastBody {
             hash: body_hash,
             state: state.clone(),
+            link_context: context,
             content_base: base,
         });
         if state.is_closed() {
@@ -445,7 +448,6 @@ impl Watcher {
         let observed = Timestamp::now();
         // A link document depends on its link's JSON and on the operation fields in `context`
         // only: one whose inputs are what was last sent is not built again.
-        let context = link_context(&op);
         let sent = &t.sent;
         let mut inputs = Vec::new();
         let mut wanted = |link: &LinkId, raw: &str| {
@@ -563,11 +565,12 @@ fn link_input(context: u64, raw: &str) -> u64 {
 }
 
 /// What the documents of an operation are built from, hashed, except the report's `finish`:
-/// the link context, the other scalar fields, and every link exactly as Caldera sent it.
-fn content_base(op: &Operation<'_>) -> u64 {
+/// the link context (`link_context(op)`), the other scalar fields, and every link exactly as
+/// Caldera sent it.
+fn content_base(op: &Operation<'_>, link_context: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (link_context(op), &op.state, op.auto_close).hash(&mut h);
+    (link_context, &op.state, op.auto_close).hash(&mut h);
     if let Some(a) = &op.adversary {
         (&a.adversary_id, &a.name).hash(&mut h);
     }
@@ -584,7 +587,7 @@ fn content_base(op: &Operation<'_>) -> u64 {
 fn with_finish(base: u64, finish: Option<Timestamp>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (base, finish.map(|f| f.to_string())).hash(&mut h);
+    (base, finish).hash(&mut h);
     h.finish()
 }
 
