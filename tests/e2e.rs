@@ -297,19 +297,40 @@ async fn restart_catches_up_without_duplicates() {
     s.delete_index().await;
 }
 
+/// A sink of the test's own on the index of `env` (template installed): plants documents the
+/// way an earlier run of the sidecar wrote them.
+struct Planter {
+    es: elasticsearch::Elasticsearch,
+    sink: caldera_sidecar::sink::Sink,
+    shared: std::sync::Arc<caldera_sidecar::state::Shared>,
+    _unsaved: tokio::sync::mpsc::UnboundedReceiver<caldera_sidecar::document::Unsaved>,
+}
+
+async fn planter(env: &[(String, String)], index: &str) -> Planter {
+    use caldera_sidecar::sink::{Sink, elastic};
+    let settings = app::settings(env);
+    let es = elastic::build_client(&settings.elastic).unwrap();
+    elastic::install_template(&es, index).await.unwrap();
+    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = Sink::new(es.clone(), &settings, shared.clone(), tx).unwrap();
+    Planter {
+        es,
+        sink,
+        shared,
+        _unsaved: rx,
+    }
+}
+
 #[tokio::test]
 async fn older_observation_never_overwrites_newer() {
     use caldera_sidecar::document::encode;
-    use caldera_sidecar::sink::{Sink, elastic};
     let index = unique_index("versions");
     let s = Search::new(&index);
     let env = app::test_env("http://127.0.0.1:9", &index, &[]);
-    let settings = app::settings(&env);
-    let es = elastic::build_client(&settings.elastic).unwrap();
-    elastic::install_template(&es, &index).await.unwrap();
-    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sink = Sink::new(es, &settings, shared.clone(), tx).unwrap();
+    let Planter {
+        mut sink, shared, ..
+    } = planter(&env, &index).await;
     let newer =
         json!({"operation_id": OP_A_ID, "status": "finished", "purple_team_exercise": true});
     let older = json!({"operation_id": OP_A_ID, "status": "running", "purple_team_exercise": true});
@@ -335,23 +356,18 @@ async fn older_observation_never_overwrites_newer() {
 #[tokio::test]
 async fn observations_start_above_the_indexed_ones() {
     use caldera_sidecar::document::encode;
-    use caldera_sidecar::sink::{Sink, elastic};
+    use caldera_sidecar::sink::elastic;
     let stub = CalderaStub::start().await;
     let index = unique_index("clock-floor");
     let s = Search::new(&index);
     let env = app::test_env(&stub.url(), &index, &[]);
-    let settings = app::settings(&env);
-    let es = elastic::build_client(&settings.elastic).unwrap();
-    elastic::install_template(&es, &index).await.unwrap();
+    let Planter { es, mut sink, .. } = planter(&env, &index).await;
     // Written by a run whose clock was an hour ahead.
     let ahead = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
         + 3_600_000_000;
-    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sink = Sink::new(es.clone(), &settings, shared, tx).unwrap();
     let old = json!({"operation_id": OP_A_ID, "status": "running", "purple_team_exercise": true});
     sink.deliver(
         vec![encode(&old, format!("op-{OP_A_ID}"), ahead).unwrap().1],
@@ -382,16 +398,11 @@ async fn observations_start_above_the_indexed_ones() {
 #[tokio::test]
 async fn settled_operations_are_read_in_pages() {
     use caldera_sidecar::document::encode;
-    use caldera_sidecar::sink::{Sink, elastic};
+    use caldera_sidecar::sink::elastic;
     let index = unique_index("settled-pages");
     let s = Search::new(&index);
     let env = app::test_env("http://127.0.0.1:9", &index, &[]);
-    let settings = app::settings(&env);
-    let es = elastic::build_client(&settings.elastic).unwrap();
-    elastic::install_template(&es, &index).await.unwrap();
-    let shared = std::sync::Arc::new(caldera_sidecar::state::Shared::default());
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sink = Sink::new(es.clone(), &settings, shared, tx).unwrap();
+    let Planter { es, mut sink, .. } = planter(&env, &index).await;
     let mut docs = Vec::new();
     for n in 0..7u64 {
         let id = format!("{n:08x}-0000-4000-8000-000000000001");
