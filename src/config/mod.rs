@@ -7,6 +7,10 @@
 //! process exits with code 2 before doing anything. Secrets live in [`Secret`], whose `Debug` and
 //! `Display` never show the value.
 
+pub(crate) mod keys;
+mod sources;
+pub(crate) mod values;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,236 +21,12 @@ use url::Url;
 
 use crate::document::DocSettings;
 
-/// A value that must never be printed: `Debug`/`Display` show `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-/// A configuration problem: which key, and what is wrong (never the value of a secret).
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {problem}")]
-pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
-}
-
-fn err(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_string(),
-        problem: problem.into(),
-    }
-}
-
-struct Key {
-    name: &'static str,
-    default: &'static str,
-    secret: bool,
-    help: &'static str,
-}
-
-const fn key(name: &'static str, default: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        default,
-        secret: false,
-        help,
-    }
-}
-
-const fn secret(name: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        default: "",
-        secret: true,
-        help,
-    }
-}
-
-/// Every setting, its default and a one-line description (the README table is built from this).
-const KEYS: &[Key] = &[
-    key("CALDERA_URL", "http://localhost:8888", "Caldera base URL"),
-    secret(
-        "CALDERA_API_KEY",
-        "Caldera red API key (KEY header); used when no user/password is set",
-    ),
-    key(
-        "CALDERA_USER",
-        "",
-        "Caldera user for a session login (preferred: ~150x cheaper for Caldera than KEY)",
-    ),
-    secret("CALDERA_PASSWORD", "password of CALDERA_USER"),
-    key(
-        "CALDERA_TIMEOUT",
-        "10",
-        "seconds before a Caldera request is abandoned",
-    ),
-    key(
-        "POLL_INTERVAL",
-        "2",
-        "seconds between polls while an operation is active",
-    ),
-    key(
-        "POLL_IDLE_INTERVAL",
-        "15",
-        "seconds between polls while nothing is active",
-    ),
-    key(
-        "KEY_MIN_POLL_INTERVAL",
-        "5",
-        "floor for POLL_INTERVAL when only the KEY header is available",
-    ),
-    key(
-        "SETTLE_GRACE",
-        "30",
-        "seconds a closed operation must stay complete before it is settled",
-    ),
-    key(
-        "SETTLE_WINDOW",
-        "600",
-        "seconds a closed but incomplete operation is re-checked at the fast rate",
-    ),
-    key(
-        "ELK_URL",
-        "http://localhost:9200",
-        "Elasticsearch URL(s), comma-separated",
-    ),
-    key("ELK_INDEX", "purple-team-logs", "index name"),
-    secret("ELK_API_KEY", "Elasticsearch API key (base64 id:key)"),
-    key(
-        "ELK_VERIFY_SSL",
-        "true",
-        "verify Elasticsearch TLS certificates",
-    ),
-    key(
-        "ELK_CONNECTION_TIMEOUT",
-        "10",
-        "seconds before an Elasticsearch request is abandoned",
-    ),
-    key(
-        "ELK_MAX_RETRIES",
-        "3",
-        "retries of a failed bulk item before it is spooled",
-    ),
-    key("BULK_MAX_DOCS", "1000", "documents per bulk request"),
-    key(
-        "BREAKER_FAILURES",
-        "5",
-        "consecutive Elasticsearch failures that open the circuit breaker",
-    ),
-    key(
-        "BREAKER_COOLDOWN",
-        "5",
-        "seconds before the first probe of an open breaker (doubles per failed probe)",
-    ),
-    key(
-        "BREAKER_MAX_COOLDOWN",
-        "120",
-        "cap in seconds of the breaker's cooldown",
-    ),
-    key(
-        "BULK_FLUSH_MS",
-        "50",
-        "milliseconds a partial bulk waits for more documents",
-    ),
-    key("SPOOL_DIR", "spool", "durable spool directory"),
-    key(
-        "DEAD_LETTER_DIR",
-        "dead-letter",
-        "documents the index refused, with the reason",
-    ),
-    key(
-        "SPOOL_MAX_MB",
-        "1024",
-        "spool size cap in MB (fractions allowed)",
-    ),
-    key(
-        "HEALTH_BIND",
-        "127.0.0.1:8889",
-        "address of the health/metrics server",
-    ),
-    key("LOG_FORMAT", "text", "text or json"),
-    key("LOG_LEVEL", "info", "tracing filter (RUST_LOG syntax)"),
-    key(
-        "MEMORY_WARNING_GB",
-        "1",
-        "degraded below this much available memory",
-    ),
-    key(
-        "MEMORY_CRITICAL_GB",
-        "0.25",
-        "unhealthy below this much available memory",
-    ),
-    key(
-        "DISK_WARNING_GB",
-        "5",
-        "degraded below this much free disk at the spool",
-    ),
-    key(
-        "DISK_CRITICAL_GB",
-        "1",
-        "unhealthy below this; spooling stops",
-    ),
-    key(
-        "ENABLE_API_AUTH",
-        "false",
-        "require an API key on the HTTP endpoints",
-    ),
-    key(
-        "API_KEY_HEADER",
-        "X-API-Key",
-        "header carrying the HTTP API key",
-    ),
-    secret("API_KEY", "the HTTP API key"),
-    key(
-        "MAX_REQUESTS_PER_MINUTE",
-        "600",
-        "per-client rate limit of the HTTP endpoints",
-    ),
-    key("TAGS", "", "extra tags on every document, comma-separated"),
-    key("SEVERITY", "low", "severity on every document"),
-    key(
-        "CLIENT_MAP",
-        "",
-        "Caldera group to client id, e.g. red=acme,blue=globex",
-    ),
-    key(
-        "INCLUDE_COMMAND",
-        "true",
-        "index the executed command (process.command_line)",
-    ),
-    key(
-        "COMMAND_MAX_CHARS",
-        "2048",
-        "truncate commands to this many characters",
-    ),
-    key(
-        "REPORT_OUTPUT_DIR",
-        "reports",
-        "where PDF reports go (later)",
-    ),
-    key("COMPANY_NAME", "", "report branding (later)"),
-    key("LOGO_PATH", "", "report branding (later)"),
-];
+pub use keys::reference_table;
+use sources::{read_dotenv, read_toml};
+pub use values::{ConfigError, Secret, redact_url};
+pub(crate) use values::{
+    boolean, err, float, gb, int, list, parse_url, path, secs, secs_allow_zero, validate_index,
+};
 
 #[derive(Debug, Clone)]
 pub enum CalderaAuth {
@@ -364,58 +144,6 @@ pub struct LoadOptions {
     pub env_file: Option<PathBuf>,
 }
 
-fn find_key(name: &str) -> Option<&'static Key> {
-    let upper = name.to_ascii_uppercase();
-    KEYS.iter().find(|k| k.name == upper)
-}
-
-fn read_toml(path: &Path) -> Result<HashMap<&'static str, String>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e| {
-        err(
-            "--config",
-            format!("{} is not valid TOML: {e}", path.display()),
-        )
-    })?;
-    let mut out = HashMap::new();
-    for (k, v) in table {
-        let key = find_key(&k)
-            .ok_or_else(|| err(&k, format!("unknown setting in {}", path.display())))?;
-        let s = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(a) => a
-                .iter()
-                .map(|x| match x {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            other => return Err(err(key.name, format!("unsupported TOML value {other}"))),
-        };
-        out.insert(key.name, s);
-    }
-    Ok(out)
-}
-
-fn read_dotenv(path: &Path) -> Result<HashMap<&'static str, String>, ConfigError> {
-    let iter = dotenvy::from_path_iter(path)
-        .map_err(|e| err("--env-file", format!("cannot read {}: {e}", path.display())))?;
-    let mut out = HashMap::new();
-    for item in iter {
-        let (k, v) = item.map_err(|e| err("--env-file", format!("{}: {e}", path.display())))?;
-        // A .env may hold variables for other programs: only ours are taken.
-        if let Some(key) = find_key(&k) {
-            out.insert(key.name, v);
-        }
-    }
-    Ok(out)
-}
-
 impl Layered {
     /// Reads all layers. `env` is the process environment (passed in so tests need not mutate it).
     pub fn load(
@@ -446,7 +174,7 @@ impl Layered {
         };
         let env: HashMap<String, String> = env.into_iter().collect();
         let mut values = BTreeMap::new();
-        for k in KEYS {
+        for k in keys::all() {
             let v = if let Some(v) = env.get(k.name) {
                 (v.clone(), Source::Env)
             } else if let Some(v) = dotenv.get(k.name) {
@@ -461,17 +189,19 @@ impl Layered {
         Ok(Self { values })
     }
 
-    fn get(&self, k: &str) -> &str {
+    /// The raw value of a key, trimmed (a capability's settings parse their own keys from it).
+    pub(crate) fn get(&self, k: &str) -> &str {
         self.values.get(k).map(|(v, _)| v.trim()).unwrap_or("")
     }
 
-    fn opt(&self, k: &str) -> Option<String> {
+    /// The raw value, or `None` when empty.
+    pub(crate) fn opt(&self, k: &str) -> Option<String> {
         Some(self.get(k).to_string()).filter(|s| !s.is_empty())
     }
 
     /// `KEY = value  (source)` lines, secrets masked, credentials removed from URLs.
     pub fn describe(&self) -> Vec<String> {
-        KEYS.iter()
+        keys::all()
             .map(|k| {
                 let (v, src) = &self.values[k.name];
                 let shown = if k.secret {
@@ -495,7 +225,7 @@ impl Layered {
 
     /// Every secret value in effect, so tests and the HTTP layer can check nothing leaks.
     pub fn secrets(&self) -> Vec<String> {
-        KEYS.iter()
+        keys::all()
             .filter(|k| k.secret)
             .map(|k| self.get(k.name).to_string())
             .filter(|s| !s.is_empty())
@@ -705,134 +435,6 @@ pub fn load(opts: &LoadOptions) -> Result<(Settings, Layered), ConfigError> {
     let layered = Layered::load(opts, std::env::vars())?;
     let settings = layered.settings()?;
     Ok((settings, layered))
-}
-
-/// A URL with any user name and password replaced, for logs and `check-config`.
-pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("****");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => raw.to_string(),
-    }
-}
-
-fn parse_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
-    let u = Url::parse(raw).map_err(|e| {
-        err(
-            key,
-            format!("{:?} is not a valid URL ({e})", redact_url(raw)),
-        )
-    })?;
-    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
-        return Err(err(
-            key,
-            format!(
-                "{:?} must be an http:// or https:// URL with a host",
-                redact_url(raw)
-            ),
-        ));
-    }
-    Ok(u)
-}
-
-fn validate_index(index: &str) -> Result<(), ConfigError> {
-    let bad = index.is_empty()
-        || index.len() > 255
-        || index.starts_with(['-', '_', '+', '.'])
-        || index
-            .chars()
-            .any(|c| c.is_ascii_uppercase() || c.is_whitespace() || "\\/*?\"<>|,#:".contains(c));
-    if bad {
-        Err(err(
-            "ELK_INDEX",
-            format!(
-                "{index:?} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:, not starting with -_+.)"
-            ),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn int(key: &str, raw: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let v: u64 = raw
-        .parse()
-        .map_err(|_| err(key, format!("{raw:?} is not a whole number")))?;
-    if v < min || v > max {
-        return Err(err(key, format!("{v} is outside {min}..={max}")));
-    }
-    Ok(v)
-}
-
-fn float(key: &str, raw: &str) -> Result<f64, ConfigError> {
-    let v: f64 = raw
-        .parse()
-        .map_err(|_| err(key, format!("{raw:?} is not a number")))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(err(key, format!("{raw:?} must be a non-negative number")));
-    }
-    Ok(v)
-}
-
-fn gb(key: &str, raw: &str) -> Result<f64, ConfigError> {
-    float(key, raw)
-}
-
-fn secs(key: &str, raw: &str) -> Result<Duration, ConfigError> {
-    let v = float(key, raw)?;
-    if v <= 0.0 || v > 86_400.0 {
-        return Err(err(key, format!("{raw:?} must be seconds in (0, 86400]")));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn secs_allow_zero(key: &str, raw: &str) -> Result<Duration, ConfigError> {
-    let v = float(key, raw)?;
-    if v > 86_400.0 * 7.0 {
-        return Err(err(key, format!("{raw:?} is more than a week")));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn boolean(key: &str, raw: &str) -> Result<bool, ConfigError> {
-    match raw.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err(err(key, format!("{raw:?} is not true or false"))),
-    }
-}
-
-fn path(key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
-    if raw.is_empty() {
-        return Err(err(key, "must not be empty"));
-    }
-    Ok(PathBuf::from(raw))
-}
-
-fn list(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// The settings table for the README: name, default, description.
-pub fn reference_table() -> String {
-    let mut out = String::from("| setting | default | meaning |\n|---|---|---|\n");
-    for k in KEYS {
-        let d = match (k.secret, k.default) {
-            (true, _) => "(secret)".to_string(),
-            (false, "") => "(none)".to_string(),
-            (false, d) => format!("`{d}`"),
-        };
-        out.push_str(&format!("| `{}` | {} | {} |\n", k.name, d, k.help));
-    }
-    out
 }
 
 #[cfg(test)]
