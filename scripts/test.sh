@@ -10,7 +10,7 @@
 #                         another server; this script then neither starts nor stops one)
 #   SEARCH_STATE_DIR      state dir of that server; SEARCH_SERVER_SCRIPT  scripts/search-server.sh, for tests that
 #                         pause/resume/stop/start it (fault injection)
-#   CALDERA_FIXTURES_DIR  recorded Caldera responses (default ../shared/fixtures/caldera when it exists)
+#   CALDERA_FIXTURES_DIR  recorded Caldera responses (default: the copy in tests/fixtures/caldera)
 # Knobs: TEST_THREADS (default 2), SKIP_LINT=1 (skip fmt and clippy), and those of scripts/search-server.sh.
 set -euo pipefail
 
@@ -111,14 +111,13 @@ else
 fi
 export SEARCH_URL
 
-if [ -z "${CALDERA_FIXTURES_DIR:-}" ] && [ -d "$repo/../shared/fixtures/caldera" ]; then
-  CALDERA_FIXTURES_DIR="$(cd "$repo/../shared/fixtures/caldera" && pwd)"
-fi
+# The recorded Caldera responses are vendored in tests/fixtures/caldera; CALDERA_FIXTURES_DIR overrides them.
 if [ -n "${CALDERA_FIXTURES_DIR:-}" ]; then
+  [ -f "$CALDERA_FIXTURES_DIR/operation_finished.json" ] || die "CALDERA_FIXTURES_DIR=$CALDERA_FIXTURES_DIR holds no recordings"
   export CALDERA_FIXTURES_DIR
   echo "CALDERA_FIXTURES_DIR=$CALDERA_FIXTURES_DIR"
 else
-  echo "CALDERA_FIXTURES_DIR is not set and ../shared/fixtures/caldera does not exist"
+  echo "fixtures: tests/fixtures/caldera"
 fi
 
 # Spool and dead-letter folders of earlier runs (tests/support/app.rs).

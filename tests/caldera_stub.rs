@@ -1,5 +1,5 @@
 //! Checks that the Caldera stub (tests/support/caldera_stub.rs) and the scenarios
-//! (tests/support/scenarios.rs) behave like the recordings in shared/fixtures/caldera.
+//! (tests/support/scenarios.rs) behave like the recordings in tests/fixtures/caldera.
 
 mod support;
 

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! In-process stub of a MITRE Caldera 5.3.0 server (REST API v2 subset), for tests.
 //!
-//! Behaviour follows the recordings in `shared/fixtures/caldera` (README.md there) and
+//! Behaviour follows the recordings in `tests/fixtures/caldera` (README.md there) and
 //! Caldera's source (`app/api/v2/security.py`, `app/service/auth_svc.py`,
 //! `app/service/login_handlers/default.py`, `app/api/v2/handlers/*`, aiohttp_session):
 //!
