@@ -114,11 +114,14 @@ async fn run(settings: config::Settings) -> ExitCode {
     wait_for_signal().await;
     tracing::info!("shutting down: stopping intake, flushing documents");
     if running.shutdown(Duration::from_secs(30)).await {
-        tracing::info!("stopped cleanly");
+        tracing::info!("stopped cleanly: every document is indexed or spooled");
+        ExitCode::SUCCESS
     } else {
-        tracing::warn!("shutdown took longer than 30 s; exiting anyway");
+        tracing::error!(
+            "shutdown did not end cleanly within 30 s: documents in flight may be neither indexed nor spooled"
+        );
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
 }
 
 async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCode {
