@@ -154,13 +154,14 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
     match res {
         Ok(s) => {
             println!(
-                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} not delivered, {} files deleted",
+                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} refused, {} not delivered, {} files deleted",
                 s.files,
                 s.elapsed.as_secs_f64(),
                 s.indexed,
                 s.already_present,
                 s.rejected.values().sum::<usize>(),
                 s.unreadable.len(),
+                s.refused.len(),
                 s.not_delivered,
                 s.deleted
             );
@@ -169,6 +170,12 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
             }
             for (p, why) in s.unreadable.iter().take(20) {
                 println!("  unreadable {}: {why}", p.display());
+            }
+            for (p, what) in &s.per_file {
+                println!("  {}: {what}", p.display());
+            }
+            for (p, why) in &s.refused {
+                println!("  refused {}: {why}", p.display());
             }
             if s.ok() {
                 ExitCode::SUCCESS

@@ -27,7 +27,8 @@ impl Sink {
                 tracing::info!(documents = n, "trying held spool documents again");
             }
         }
-        if self.breaker.permit(Instant::now()) == Permit::Reject {
+        // Only look: the probe of a half-open breaker is taken once there is something to send.
+        if !self.breaker.would_permit(Instant::now()) {
             return;
         }
         let mut docs = Vec::new();
@@ -84,7 +85,7 @@ impl Sink {
                 break;
             }
         }
-        if docs.is_empty() {
+        if docs.is_empty() || self.breaker.permit(Instant::now()) == Permit::Reject {
             return;
         }
         let Some(outcomes) = self.attempt(&docs).await else {

@@ -21,6 +21,7 @@ pub mod deadletter;
 mod drain;
 pub mod durable;
 pub mod elastic;
+pub mod fallback;
 pub mod replay;
 pub mod retry;
 pub mod spool;

@@ -44,7 +44,10 @@ pub const OP_F_DISCARDED_LINK_ID: &str = "74badc4f-9913-47d4-a9de-55a87c7d9b0d";
 pub fn fixtures_dir() -> PathBuf {
     match std::env::var_os("CALDERA_FIXTURES_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/caldera")),
+        _ => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/caldera"
+        )),
     }
 }
 

@@ -1,0 +1,336 @@
+//! The sink when the disk, the operator or Elasticsearch work against it: dead letters that
+//! cannot be written, a spool replayed by hand while the daemon drains it, SIGTERM while
+//! Elasticsearch hangs, and `replay` given files it must not read. Real search server behind
+//! the fault-injecting proxy, the Caldera stub, the sidecar in-process or as the binary.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::app;
+use support::caldera_stub::CalderaStub;
+use support::proxy::{Mode, Proxy};
+use support::scenarios::*;
+use support::search::{Search, search_url, unique_index, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+const BIN: &str = env!("CARGO_BIN_EXE_caldera-sidecar");
+
+fn dir_of(env: &[(String, String)], key: &str) -> PathBuf {
+    PathBuf::from(&env.iter().find(|(k, _)| k == key).unwrap().1)
+}
+
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// An index where `paw` is a number: every link document (paw is a string) is refused.
+async fn conflicting_index(index: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/{index}", search_url()))
+        .json(&json!({"mappings": {"properties": {"paw": {"type": "long"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+fn replay_cmd(dir: &Path, index: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("replay")
+        .arg(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ELK_URL", search_url())
+        .env("ELK_INDEX", index)
+        .current_dir(std::env::temp_dir());
+    c
+}
+
+#[tokio::test]
+async fn refused_documents_stay_spooled_until_their_dead_letter_is_written() {
+    let stub = CalderaStub::start().await;
+    let proxy = Proxy::start(&search_url()).await;
+    proxy.set_mode(Mode::Refuse).await;
+    let index = unique_index("unlettered");
+    let s = Search::new(&index);
+    conflicting_index(&index).await;
+    // DEAD_LETTER_DIR below a regular file: it cannot be created (ENOTDIR, even for root).
+    let base = tempfile::tempdir().unwrap();
+    let blocker = base.path().join("blocker");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let dead = blocker.join("dead");
+    let mut env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("ELK_URL", &proxy.url()),
+            ("BREAKER_FAILURES", "1"),
+            ("BREAKER_COOLDOWN", "1"),
+        ],
+    );
+    env.retain(|(k, _)| k != "DEAD_LETTER_DIR");
+    env.push(("DEAD_LETTER_DIR".into(), dead.display().to_string()));
+    let spool = dir_of(&env, "SPOOL_DIR");
+    stub.put_operation(op_a_finished());
+    let r = app::start(&env).await;
+    wait_for(WAIT, "27 documents spooled", || async {
+        (json_files(&spool).len() == 27).then_some(())
+    })
+    .await;
+    // Spool files hold executed commands: private whatever the umask.
+    assert_eq!(mode(&spool), 0o700);
+    assert!(json_files(&spool).iter().all(|f| mode(f) == 0o600));
+
+    // Elasticsearch is back: the operation document drains, the 26 refused link documents
+    // cannot be dead-lettered and must stay in the spool.
+    proxy.set_mode(Mode::Pass).await;
+    wait_for(WAIT, "op doc drained", || async {
+        s.operation(OP_A_ID).await
+    })
+    .await;
+    let st = wait_for(WAIT, "dead-letter failure reported", || async {
+        let st = r.shared.spool_status();
+        st.dead_letter_error.is_some().then_some(st)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        json_files(&spool).len(),
+        26,
+        "refused documents were dropped"
+    );
+    assert_eq!(st.dead_letters, 0);
+    let (_, h) = app::health(&r).await;
+    assert_eq!(h["checks"]["dead_letters"]["status"], "degraded", "{h}");
+    let msg = h["checks"]["dead_letters"]["message"].as_str().unwrap();
+    assert!(msg.contains("DEAD_LETTER_DIR"), "{msg}");
+
+    // The directory becomes possible: the held documents are dead-lettered, then leave the spool.
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for(WAIT, "26 dead letters", || async {
+        (json_files(&dead).len() == 26).then_some(())
+    })
+    .await;
+    wait_for(WAIT, "spool empty", || async {
+        json_files(&spool).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(mode(&dead), 0o700);
+    assert!(json_files(&dead).iter().all(|f| mode(f) == 0o600));
+    wait_for(WAIT, "health clear", || async {
+        r.shared
+            .spool_status()
+            .dead_letter_error
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+#[tokio::test]
+async fn replaying_the_spool_by_hand_while_the_daemon_runs_leaves_no_ghosts() {
+    let stub = CalderaStub::start().await;
+    let proxy = Proxy::start(&search_url()).await;
+    proxy.set_mode(Mode::Refuse).await;
+    let index = unique_index("ghosts");
+    let s = Search::new(&index);
+    let env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("ELK_URL", &proxy.url()),
+            ("BREAKER_FAILURES", "1"),
+            ("BREAKER_COOLDOWN", "1"),
+            ("BREAKER_MAX_COOLDOWN", "1"),
+            ("BULK_MAX_DOCS", "1"),
+        ],
+    );
+    let spool = dir_of(&env, "SPOOL_DIR");
+    stub.put_operation(op_a_finished());
+    let r = app::start(&env).await;
+    wait_for(WAIT, "27 documents spooled", || async {
+        (json_files(&spool).len() == 27).then_some(())
+    })
+    .await;
+    // Someone replays the spool by hand, straight into the index.
+    let out = replay_cmd(&spool, &index).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("27 indexed"), "{text}");
+    assert!(json_files(&spool).is_empty());
+    // Newer documents queue behind the 27 the daemon still believes it holds.
+    stub.put_operation(op_c_empty_group());
+    wait_for(WAIT, "C spooled", || async {
+        json_files(&spool)
+            .iter()
+            .any(|f| f.to_string_lossy().contains(OP_C_ID))
+            .then_some(())
+    })
+    .await;
+    proxy.set_mode(Mode::Pass).await;
+    wait_for(WAIT, "C drained past the ghosts", || async {
+        s.operation(OP_C_ID).await
+    })
+    .await;
+    wait_for(WAIT, "spool empty in health", || async {
+        let st = r.shared.spool_status();
+        (st.documents == 0 && st.bytes == 0).then_some(())
+    })
+    .await;
+    wait_for(WAIT, "healthy again", || async {
+        let (_, h) = app::health(&r).await;
+        (h["checks"]["spool"]["status"] == "ok").then_some(())
+    })
+    .await;
+    assert_eq!(s.links(OP_A_ID).await.len(), 26);
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+#[tokio::test]
+async fn sigterm_while_elasticsearch_hangs_and_a_batch_retries_spools_everything() {
+    let stub = CalderaStub::start().await;
+    let proxy = Proxy::start(&search_url()).await;
+    proxy.set_mode(Mode::Hang).await;
+    let index = unique_index("sigterm-hang");
+    let s = Search::new(&index);
+    // Many retries with growing backoff and a breaker that never opens: without a switch to
+    // a final attempt, the retries of the first batch outlast the 30 s shutdown limit.
+    let env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("ELK_URL", &proxy.url()),
+            ("ELK_CONNECTION_TIMEOUT", "2"),
+            ("ELK_MAX_RETRIES", "10"),
+            ("BREAKER_FAILURES", "100"),
+        ],
+    );
+    let spool = dir_of(&env, "SPOOL_DIR");
+    stub.put_operation(op_a_finished());
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(WAIT, "a batch retrying", || async {
+        (proxy.bulk_requests() >= 2).then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(0), "took {took:?}");
+    assert!(took < Duration::from_secs(30), "bounded shutdown: {took:?}");
+    // Every document is indexed or in the spool.
+    proxy.set_mode(Mode::Pass).await;
+    let spooled = json_files(&spool).len();
+    let indexed = s.count("*").await;
+    assert_eq!(
+        spooled + indexed,
+        27,
+        "{spooled} spooled, {indexed} indexed"
+    );
+    assert_eq!(spooled, 27, "the hanging server indexed nothing");
+    s.delete_index().await;
+}
+
+#[tokio::test]
+async fn replay_refuses_links_and_files_of_other_users() {
+    let index = unique_index("replay-refuse");
+    let s = Search::new(&index);
+    let dir = tempfile::tempdir().unwrap();
+    let private = tempfile::tempdir().unwrap();
+    let secret = private.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        json!({"event": {"id": "link-secret"}, "sidecar": {"sequence": 5}, "secret": "x"})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A spool-named link to it, a spool-named directory, and one genuine spool file.
+    std::os::unix::fs::symlink(
+        &secret,
+        dir.path().join("00000000000000000005-link-secret.json"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("00000000000000000006-link-dir.json")).unwrap();
+    std::fs::write(
+        dir.path().join("00000000000000000007-link-ok.json"),
+        json!({"event": {"id": "link-ok"}, "purple_team_exercise": true}).to_string(),
+    )
+    .unwrap();
+    // A file owned by another user (the test runs as root in CI containers; otherwise skip
+    // that part: an unprivileged user cannot give a file away).
+    let foreign = dir.path().join("00000000000000000008-link-foreign.json");
+    std::fs::write(
+        &foreign,
+        json!({"event": {"id": "link-foreign"}}).to_string(),
+    )
+    .unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    } else {
+        std::fs::remove_file(&foreign).unwrap();
+    }
+    let out = replay_cmd(dir.path(), &index).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 indexed"), "{text}");
+    assert!(
+        text.contains("00000000000000000005-link-secret.json") && text.contains("symbolic link"),
+        "{text}"
+    );
+    assert!(
+        text.contains("00000000000000000006-link-dir.json") && text.contains("not a regular file"),
+        "{text}"
+    );
+    if root {
+        assert!(
+            text.contains("00000000000000000008-link-foreign.json")
+                && text.contains("owned by uid 65534"),
+            "{text}"
+        );
+    }
+    assert_eq!(s.count("*").await, 1);
+    assert_eq!(s.count("secret:x").await, 0);
+    // Refused files are left alone; the link target is untouched.
+    assert!(
+        dir.path()
+            .join("00000000000000000005-link-secret.json")
+            .exists()
+    );
+    assert!(secret.exists());
+    s.delete_index().await;
+}
