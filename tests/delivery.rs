@@ -428,6 +428,41 @@ async fn mapping_errors_go_to_dead_letters_and_are_not_retried() {
 }
 
 #[tokio::test]
+async fn a_lost_bulk_answer_is_retried_and_its_409s_are_not_dead_letters() {
+    let stub = CalderaStub::start().await;
+    let proxy = Proxy::start(&search_url()).await;
+    let index = unique_index("lost-answer");
+    let s = Search::new(&index);
+    let env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("ELK_URL", &proxy.url()),
+            ("ELK_CONNECTION_TIMEOUT", "2"),
+            ("BREAKER_FAILURES", "10"),
+        ],
+    );
+    // Every document of the first bulk is indexed, but the sidecar never hears it: it retries
+    // the same observations, and the index answers 409 (already current) for each.
+    proxy.lose_bulk_answers(1);
+    stub.put_operation(op_a_finished());
+    let r = app::start(&env).await;
+    wait_all(&s, &op_a_finished(), "26 links").await;
+    wait_for(WAIT, "the retry answered 409", || async {
+        (r.shared.stats.documents_already_current.get() > 0).then_some(())
+    })
+    .await;
+    assert_exactly_once(&s, &op_a_finished()).await;
+    assert!(
+        json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty(),
+        "a 409 is success, never a dead letter"
+    );
+    assert_eq!(r.shared.stats.documents_dead_lettered.get(), 0);
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+#[tokio::test]
 async fn throttling_is_retried_and_a_hanging_server_opens_the_breaker() {
     let stub = CalderaStub::start().await;
     let proxy = Proxy::start(&search_url()).await;
