@@ -334,3 +334,12 @@ async fn replay_refuses_links_and_files_of_other_users() {
     assert!(secret.exists());
     s.delete_index().await;
 }
+
+/// The search helper never reads a missing index as "no hits": a `count == 0` check against
+/// an index that was never created fails instead of passing.
+#[tokio::test]
+#[should_panic(expected = "failed with HTTP 404")]
+async fn the_search_helper_fails_on_a_missing_index() {
+    let s = Search::new(&unique_index("never-created"));
+    let _ = s.count("*").await;
+}

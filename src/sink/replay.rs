@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use elasticsearch::Elasticsearch;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::retry::{ItemOutcome, backoff};
 use super::{fallback, spool};
@@ -112,7 +112,7 @@ fn parse_described(
 /// Lists the JSON files of `dir`, oldest name first, and the entries refused with why: only
 /// regular files owned by the user running the replay are read. A symbolic link (to a private
 /// file elsewhere, say) or a file someone else planted is never followed or indexed.
-fn list(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
+fn list(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<Refused>)> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -121,7 +121,7 @@ fn list(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let p = entry.path();
-        if !p.extension().is_some_and(|x| x == "json") {
+        if p.extension().is_none_or(|x| x != "json") {
             continue;
         }
         // `symlink_metadata`: the entry itself, never what a link points to.
@@ -147,6 +147,9 @@ fn list(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
 }
 
 type Read = Result<(Encoded, Option<String>), String>;
+
+/// A directory entry replay would not read, and why.
+type Refused = (PathBuf, String);
 
 fn read_batch(paths: &[PathBuf]) -> Vec<(PathBuf, Read)> {
     paths
@@ -212,7 +215,7 @@ pub async fn replay_dir(
                 Err(why) => summary.unreadable.push((p, why)),
             }
         }
-        let mut report = |summary: &mut Summary, p: &PathBuf, done: &str| {
+        let report = |summary: &mut Summary, p: &PathBuf, done: &str| {
             if let Some(what) = described.get(p) {
                 summary
                     .per_file
@@ -303,6 +306,7 @@ pub async fn replay_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn reference_fallback_becomes_an_operation_document() {
