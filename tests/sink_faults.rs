@@ -253,7 +253,16 @@ async fn sigterm_while_elasticsearch_hangs_and_a_batch_retries_spools_everything
     // Every document is indexed or in the spool.
     proxy.set_mode(Mode::Pass).await;
     let spooled = json_files(&spool).len();
-    let indexed = s.count("*").await;
+    // The hanging server indexed nothing, so the index may not even exist: ask directly.
+    let r = reqwest::get(format!("{}/{index}/_count", search_url()))
+        .await
+        .unwrap();
+    let indexed = if r.status() == 404 {
+        0
+    } else {
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["count"].as_u64().unwrap() as usize
+    };
     assert_eq!(
         spooled + indexed,
         27,
@@ -342,4 +351,134 @@ async fn replay_refuses_links_and_files_of_other_users() {
 async fn the_search_helper_fails_on_a_missing_index() {
     let s = Search::new(&unique_index("never-created"));
     let _ = s.count("*").await;
+}
+
+/// A reference plugin link file, in the shape its `elk_tagger.py` writes (fields under
+/// `purple.*`, a few copied to the top level).
+fn plugin_link_file(link: &serde_json::Value, written_at: &str) -> serde_json::Value {
+    json!({
+        "@timestamp": written_at,
+        "purple": {
+            "link_id": link["id"], "operation_id": OP_A_ID, "operation_name": "purple-discovery-red",
+            "technique": link["ability"]["technique_id"], "technique_name": link["ability"]["technique_name"],
+            "tactic": link["ability"]["tactic"], "ability_id": link["ability"]["ability_id"],
+            "ability_name": link["ability"]["name"], "agent_paw": link["paw"], "agent_host": link["host"],
+            "executor": link["executor"]["name"], "platform": link["executor"]["platform"],
+            "status": "success", "status_code": link["status"], "success": true,
+            "detection_status": "pending", "execution_time": link["collect"], "finish_time": link["finish"],
+            "command_hash": "x", "output": {"stdout": "client data", "stderr": "", "exit_code": "0", "has_output": true}
+        },
+        "tags": ["purple_team", "caldera", "tl_labs", "link_execution"],
+        "event": {"kind": "event", "action": "purple-team-simulation", "outcome": "success"},
+        "link_id": link["id"], "operation_id": OP_A_ID, "purple_team_exercise": true,
+        "technique": link["ability"]["technique_id"], "tactic": link["ability"]["tactic"],
+        "ability_name": link["ability"]["name"], "agent_paw": link["paw"]
+    })
+}
+
+#[tokio::test]
+async fn replay_maps_reference_link_files_and_never_overwrites_richer_documents() {
+    let stub = CalderaStub::start().await;
+    let index = unique_index("fallback-links");
+    let s = Search::new(&index);
+    // The sidecar indexes A completely first.
+    let env = app::test_env(&stub.url(), &index, &[]);
+    let op = op_a_finished();
+    stub.put_operation(op.clone());
+    let r = app::start(&env).await;
+    wait_for(WAIT, "A settled with 26 links", || async {
+        let settled = s
+            .operation(OP_A_ID)
+            .await
+            .is_some_and(|d| d["settled"] == true);
+        (settled && s.links(OP_A_ID).await.len() == 26).then_some(())
+    })
+    .await;
+    app::stop(r).await;
+    let link0 = op["chain"][0].clone();
+    let before = s
+        .links(OP_A_ID)
+        .await
+        .into_iter()
+        .find(|l| l["link_id"] == link0["id"])
+        .unwrap();
+
+    // Fallback files written "later" (times newer than anything indexed, as when files are
+    // copied without keeping times): one for a link the index has, one for a link it lacks,
+    // and an operation file with less content than the settled operation document.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path()
+            .join("fallback_link_20991231_235959_aaaaaaaa.json"),
+        plugin_link_file(&link0, "2099-12-31T23:59:59Z").to_string(),
+    )
+    .unwrap();
+    let mut new_link = op["chain"][1].clone();
+    let new_id = "6f1b5a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    new_link["id"] = json!(new_id);
+    std::fs::write(
+        dir.path()
+            .join("fallback_link_20991231_235959_6f1b5a3e.json"),
+        plugin_link_file(&new_link, "2099-12-31T23:59:59Z").to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("fallback_20991231_235959_a249d6e7.json"),
+        json!({"@timestamp": "2099-12-31T23:59:59Z", "operation_id": OP_A_ID, "operation_name": "",
+               "purple_team_exercise": true, "techniques": [], "tactics": [], "status": "unknown"})
+        .to_string(),
+    )
+    .unwrap();
+    let out = replay_cmd(dir.path(), &index)
+        .arg("--keep")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 indexed, 2 already present"), "{text}");
+    // Per file: which document each describes and what happened.
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line for {needle}: {text}"))
+            .to_string()
+    };
+    assert!(line("6f1b5a3e.json").contains(&format!("link document link-{new_id}")));
+    assert!(line("6f1b5a3e.json").ends_with("indexed"), "{text}");
+    assert!(line("aaaaaaaa.json").contains("already present"), "{text}");
+    assert!(
+        line("a249d6e7.json").contains("operation document"),
+        "{text}"
+    );
+    assert!(line("a249d6e7.json").contains("already present"), "{text}");
+
+    // The settled operation document and the sidecar's link document are untouched.
+    let doc = s.operation(OP_A_ID).await.unwrap();
+    assert_eq!(doc["settled"], true);
+    assert_eq!(doc["operation_name"], "purple-discovery-red");
+    assert_eq!(doc["status"], "finished");
+    let after = s
+        .links(OP_A_ID)
+        .await
+        .into_iter()
+        .find(|l| l["link_id"] == link0["id"])
+        .unwrap();
+    assert_eq!(after, before);
+    // The missing link is now a link document with its technique, status and host.
+    let added = s
+        .links(OP_A_ID)
+        .await
+        .into_iter()
+        .find(|l| l["link_id"] == new_id)
+        .unwrap();
+    assert_eq!(added["event"]["dataset"], "caldera.link");
+    assert_eq!(added["technique_id"], new_link["ability"]["technique_id"]);
+    assert_eq!(added["status"], "success");
+    assert_eq!(added["host"]["name"], new_link["host"]);
+    assert!(
+        added.get("output").is_none(),
+        "command output is not indexed"
+    );
+    assert_eq!(s.count("event.dataset:\"caldera.operation\"").await, 1);
+    s.delete_index().await;
 }
