@@ -482,3 +482,52 @@ async fn replay_maps_reference_link_files_and_never_overwrites_richer_documents(
     assert_eq!(s.count("event.dataset:\"caldera.operation\"").await, 1);
     s.delete_index().await;
 }
+
+#[tokio::test]
+async fn a_mapping_conflict_storm_logs_a_summary_not_a_line_per_document() {
+    let stub = CalderaStub::start().await;
+    let index = unique_index("storm");
+    let s = Search::new(&index);
+    conflicting_index(&index).await;
+    let env = app::test_env(&stub.url(), &index, &[]);
+    let dead = dir_of(&env, "DEAD_LETTER_DIR");
+    stub.put_operation(op_a_finished());
+    let log_path = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .env("LOG_FORMAT", "json")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(log_path.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(WAIT, "26 dead letters", || async {
+        (json_files(&dead).len() == 26).then_some(())
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(log_path.path()).unwrap();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"ERROR\"") && l.contains("refused"))
+        .collect();
+    // The first refusal in full, then one summary line with the count and the first reason.
+    assert!(
+        !refusals.is_empty() && refusals.len() <= 2,
+        "{} ERROR lines for 26 refusals:\n{}",
+        refusals.len(),
+        refusals.join("\n")
+    );
+    assert!(
+        refusals.iter().any(|l| l.contains("\"count\":25")),
+        "{}",
+        refusals.join("\n")
+    );
+    s.delete_index().await;
+}
