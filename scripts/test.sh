@@ -141,8 +141,9 @@ status=0
 if [ "$#" -eq 0 ]; then
   # Benchmarks run as smoke tests without harness flags: criterion and the pipeline program
   # have their own command lines (--test-threads is libtest's).
-  section "cargo test --lib --bins --tests -- ${harness_args[*]}"
-  cargo test --lib --bins --tests -- "${harness_args[@]}" || status=$?
+  section "cargo test --no-fail-fast --lib --bins --tests -- ${harness_args[*]}"
+  # --no-fail-fast: one failing suite must not hide the results of the others.
+  cargo test --no-fail-fast --lib --bins --tests -- "${harness_args[@]}" || status=$?
   section "cargo test --benches (smoke run of every benchmark)"
   cargo test --benches || status=$?
   if [ "$SEARCH_ENGINE" = elasticsearch ] && [ "${SECOND_ENGINE:-opensearch}" = opensearch ]; then
@@ -171,7 +172,7 @@ if [ "$#" -eq 0 ]; then
       rm -rf "${TMPDIR:-/tmp}/caldera-sidecar-tests"
       section "cargo test ${os_suites[*]} on OpenSearch -- ${harness_args[*]}"
       SEARCH_ENGINE=opensearch SEARCH_URL="$os_url" SEARCH_STATE_DIR="$os_state_dir" \
-        cargo test "${os_suites[@]}" -- "${harness_args[@]}" || status=$?
+        cargo test --no-fail-fast "${os_suites[@]}" -- "${harness_args[@]}" || status=$?
     fi
   fi
 else

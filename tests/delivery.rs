@@ -485,6 +485,8 @@ async fn throttling_is_retried_and_a_hanging_server_opens_the_breaker() {
     stub.put_operation(op_a_finished());
     let r = app::start(&env).await;
     wait_all(&s, &op_a_finished(), "26 links despite 503 and 429").await;
+    // The operation document may come out of the spool after its links (the breaker opened).
+    wait_for(WAIT, "op doc", || async { s.operation(OP_A_ID).await }).await;
     assert_exactly_once(&s, &op_a_finished()).await;
     assert!(r.shared.stats.documents_retried.get() > 0);
     assert!(json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty());
