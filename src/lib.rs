@@ -6,10 +6,12 @@
 // The index template is one large json! literal.
 #![recursion_limit = "256"]
 
+pub mod agents;
 pub mod app;
 pub mod caldera;
 pub mod config;
 pub mod document;
+pub mod enroll;
 pub mod memory;
 pub mod server;
 pub mod sink;
