@@ -247,6 +247,11 @@ pub fn prepare(
                     executor.as_str()
                 )),
             }
+        } else if executor == Executor::Cmd {
+            notes.push(
+                "sandcat has no cmd.exe deploy command: the sidecar's own (curl.exe, Windows 10 1803 or later) is used"
+                    .into(),
+            );
         } else if info.is_some() {
             notes.push(format!(
                 "Caldera serves no Sandcat deploy command for {}/{} (is the sandcat plugin enabled?): the built-in template is used",
