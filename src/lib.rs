@@ -2,6 +2,8 @@
 //!
 //! Data path, one module each: [`caldera`] (intake) → [`document`] (build + sanitize) →
 //! [`sink`] (bulk into Elasticsearch) ; [`server`] (health) reads [`state`]; [`app`] wires them.
+//! Beside the data path: [`enroll`] (agent one-liners per client) and [`agents`] (each client's
+//! agents, alive or not).
 
 // The index template is one large json! literal.
 #![recursion_limit = "256"]

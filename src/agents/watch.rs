@@ -64,8 +64,13 @@ pub async fn run(
             return;
         }
         let stale = untrusted.is_none_or(|(_, at)| at.elapsed() >= CONFIG_EVERY.max(interval));
+        // A read in progress is abandoned on shutdown, like the watcher's polls.
         if stale {
-            match read_untrusted_timer(&client).await {
+            let read = tokio::select! {
+                r = read_untrusted_timer(&client) => r,
+                _ = shutdown.changed() => return,
+            };
+            match read {
                 Ok(t) => untrusted = Some((t, tokio::time::Instant::now())),
                 Err(e) => {
                     tracing::debug!(error = %e, "agents.untrusted_timer not read; Caldera's default is assumed")
@@ -73,7 +78,11 @@ pub async fn run(
             }
         }
         let timer = untrusted.map_or(DEFAULT_UNTRUSTED_TIMER, |(t, _)| t);
-        match read_agents(&client).await {
+        let read = tokio::select! {
+            r = read_agents(&client) => r,
+            _ = shutdown.changed() => return,
+        };
+        match read {
             Ok((agents, skipped)) => {
                 let counts = super::census(&agents, SystemTime::now(), timer, &client_map);
                 if failing || skipped > 0 {
