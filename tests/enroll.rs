@@ -177,11 +177,12 @@ async fn builtin_templates_when_caldera_has_no_sandcat() {
                 "{cmd}"
             ),
         }
-        assert!(
-            stderr(&o).contains("no Sandcat deploy command"),
-            "{}",
-            stderr(&o)
-        );
+        let why = if executor == "cmd" {
+            "sandcat has no cmd.exe deploy command"
+        } else {
+            "no Sandcat deploy command"
+        };
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
         assert_no_secret(&stdout(&o), &secrets);
         assert_no_secret(&stderr(&o), &secrets);
     }
