@@ -23,6 +23,10 @@
 //!   the red key) and, while it is being verified, every other request waits
 //!   (disable with [`CalderaStub::set_single_event_loop`]). A login with an existing
 //!   user pays half of it (one argon2 verify instead of two).
+//! * `GET /api/v2/agents`: each agent's `status` is computed at read time like Caldera's
+//!   `Agent.status` ([`agent_status`]); `GET /api/v2/deploy_commands` serves the recording
+//!   (no querystring schema), and `GET /api/v2/config/agents` its `agents.*` keys (what
+//!   Caldera's `get_filtered_config('agents')` returns; other config names 404, `main` 501).
 //! * JSON bodies: `application/json; charset=utf-8`. Note: this crate's serde_json has no
 //!   `preserve_order`, so keys in stub responses come out sorted, not in Caldera's order.
 //! * Routes of Caldera's v2 API that this stub does not model (POST/PATCH/DELETE
