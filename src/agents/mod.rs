@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::config::keys::{Key, key};
 use crate::config::{CalderaAuth, ConfigError, Layered};
-use crate::document::sanitize::clean_text;
+use crate::document::sanitize::clean_keyword;
 use crate::state::ClientAgents;
 
 pub const AGENTS: &str = "api/v2/agents";
@@ -157,9 +157,10 @@ pub fn liveness(a: &Agent, now: SystemTime, untrusted_timer: u64) -> Liveness {
     }
 }
 
-/// The client an agent belongs to: its group through `CLIENT_MAP`, as in the documents.
+/// The client an agent belongs to: its group through `CLIENT_MAP`, exactly as the documents'
+/// `client_id` (same cleaning and length cap), so health, metrics and Kibana agree.
 pub fn client_of(group: Option<&str>, client_map: &HashMap<String, String>) -> String {
-    let g = clean_text(group.unwrap_or(""), 64);
+    let g = clean_keyword(group.unwrap_or(""), 256);
     match client_map.get(&g) {
         Some(c) => c.clone(),
         None if g.is_empty() => "all".into(),
