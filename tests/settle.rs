@@ -24,7 +24,7 @@ async fn a_stopped_operation_is_not_settled_before_its_late_cleanup_link() {
     let stub = CalderaStub::start().await;
     let index = unique_index("settle-grace");
     let s = Search::new(&index);
-    let env = app::test_env(&stub.url(), &index, &[("SETTLE_GRACE", "4")]);
+    let env = app::test_env(&stub.url(), &index, &[("SETTLE_GRACE", "10")]);
     // B stopped: `finished`, every link has its result, the cleanup link not yet created.
     stub.put_operation(op_b_stopped());
     let r = app::start(&env).await;
