@@ -317,7 +317,7 @@ stop_server() {
   alive=()
   for p in $es_pid $pid; do is_es "$p" && alive+=("$p"); done
   if [ "${#alive[@]}" -gt 0 ]; then
-    log "stopping Elasticsearch (pids ${alive[*]})"
+    log "stopping $ENGINE_NAME (pids ${alive[*]})"
     kill -TERM "${alive[@]}" 2>/dev/null || true
     kill -CONT "${alive[@]}" 2>/dev/null || true # a paused server must wake up to handle TERM
     deadline=$((SECONDS + STOP_TIMEOUT))
@@ -350,7 +350,7 @@ running_url() {
 server_pid() {
   local es_pid
   es_pid="$(read_number "$STATE_DIR/es.pid")"
-  is_es "$es_pid" || die "no Elasticsearch server process running in $STATE_DIR"
+  is_es "$es_pid" || die "no $ENGINE_NAME server process running in $STATE_DIR"
   echo "$es_pid"
 }
 
