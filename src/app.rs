@@ -22,6 +22,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    failures: watch::Receiver<Option<String>>,
 }
 
 impl Running {
@@ -39,6 +40,16 @@ impl Running {
     /// Waits until the tasks end by themselves (they do not, unless shut down).
     pub fn trigger(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// Resolves when a stage died (see [`crate::supervise`]), with what happened. Health is
+    /// already unhealthy by then; the caller should shut down and exit non-zero.
+    pub async fn failed(&mut self) -> String {
+        match self.failures.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            // The supervisor is gone only when every stage is: wait for the signal instead.
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -59,6 +70,7 @@ pub enum StartError {
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sup = crate::supervise::Supervisor::new(shared.clone(), shutdown_rx.clone());
 
     let (health_addr, server) =
         crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
@@ -85,13 +97,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
-    let probes = tokio::spawn(crate::server::probes::run(
-        es.clone(),
-        client.clone(),
-        settings.clone(),
-        shared.clone(),
-        shutdown_rx.clone(),
-    ));
+    let probes = sup.spawn(
+        "probes",
+        crate::server::probes::run(
+            es.clone(),
+            client.clone(),
+            settings.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -102,14 +117,25 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         unsaved_rx,
     );
 
-    let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
-    let s = tokio::spawn(sink.run(doc_rx));
-    let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
+    let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
+    let s = sup.spawn("sink", sink.run(doc_rx));
+    let t = sup.spawn(
+        "template",
+        template_keeper(es, index, shared.clone(), shutdown_rx),
+    );
+    let server = sup.spawn("http", async move {
+        if let Err(e) = server.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
     Ok(Running {
         health_addr,
         shared,
         shutdown: shutdown_tx,
         tasks: vec![w, s, t, probes, server],
+        failures: sup.failures(),
     })
 }
 

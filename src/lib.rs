@@ -14,4 +14,5 @@ pub mod memory;
 pub mod server;
 pub mod sink;
 pub mod state;
+pub mod supervise;
 pub mod telemetry;

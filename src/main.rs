@@ -104,21 +104,34 @@ async fn run(settings: config::Settings) -> ExitCode {
         index = %settings.elastic.index,
         "caldera-sidecar starting"
     );
-    let running = match app::start(settings).await {
+    let mut running = match app::start(settings).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
-    tracing::info!("shutting down: stopping intake, flushing documents");
+    // A dead stage ends the process with a non-zero code (health already says why), so
+    // systemd's Restart=on-failure starts a fresh one.
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = running.failed() => Some(why),
+    };
+    match &failure {
+        None => tracing::info!("shutting down: stopping intake, flushing documents"),
+        Some(why) => {
+            tracing::error!(error = %why, "a pipeline stage died: flushing what is in flight, then exiting with code 1")
+        }
+    }
     if running.shutdown(Duration::from_secs(30)).await {
         tracing::info!("stopped cleanly");
     } else {
         tracing::warn!("shutdown took longer than 30 s; exiting anyway");
     }
-    ExitCode::SUCCESS
+    match failure {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::FAILURE,
+    }
 }
 
 async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCode {

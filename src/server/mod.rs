@@ -3,7 +3,8 @@
 //! * `GET /api/v2/health` — overall `healthy` / `degraded` / `unhealthy` (HTTP 200 / 200 / 503)
 //!   with one check per dependency ([`health`]).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]).
-//! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
+//! * `GET /livez` — `ok` while the process serves HTTP and every pipeline stage runs (503 once
+//!   one died); no details, no key, no rate limit.
 //!
 //! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
@@ -55,7 +56,7 @@ pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostRe
     Router::new()
         .route("/api/v2/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
-        .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
+        .route(auth::LIVENESS_PATH, get(livez_handler))
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
         // caller cannot even learn which paths exist.
         .layer(axum::middleware::from_fn_with_state(
@@ -80,6 +81,14 @@ async fn health_handler(State(st): State<AppState>) -> Response {
         Json(report.to_json()),
     )
         .into_response()
+}
+
+/// `ok` while every pipeline stage runs; 503 once one died (the process is exiting then).
+async fn livez_handler(State(st): State<AppState>) -> Response {
+    match st.shared.fatal() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "pipeline stage died").into_response(),
+    }
 }
 
 async fn metrics_handler(State(st): State<AppState>) -> Response {
