@@ -10,7 +10,8 @@
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
 //! state those are in. All probing runs in the background ([`probes`]). Every endpoint but
 //! `/livez` goes through [`auth::guard`] (per-client rate limit, optional API key), which is
-//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`).
+//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`). Connections are
+//! accepted by [`listen`], which bounds their number and how long a slow client can hold one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::state::Shared;
 
 pub mod auth;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod probes;
 pub mod status;
@@ -126,17 +128,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let handle = tokio::spawn(async move {
-        let res = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "health server failed");
-        }
+        listen::serve(listener, app, shutdown.clone()).await;
+        let _ = shutdown.wait_for(|v| *v).await;
         let _ = sampler.await;
     });
     Ok((local, handle))
