@@ -6,9 +6,10 @@
 //! broke polling, bulk sends and spool writes. So:
 //! * at most [`connection_limit`] connections at once (a quarter of the file limit, 8..=256);
 //!   a connection over the limit is closed at once, before anything is read;
-//! * request headers must arrive within [`HEADER_TIMEOUT`];
-//! * a connection with no traffic for [`IDLE_TIMEOUT`] is closed (a request being answered is
-//!   finished first);
+//! * request headers must arrive within [`HEADER_TIMEOUT`]; waiting for the next request on a
+//!   kept-alive connection counts as reading headers, so an idle connection goes after that too;
+//! * a connection with no traffic in any other phase (e.g. a client that never reads its answer)
+//!   is closed after [`IDLE_TIMEOUT`] (a request being answered is finished first);
 //! * accept errors (e.g. out of file descriptors) pause the loop instead of spinning.
 //!
 //! HTTP/1.1 only: health, metrics and liveness need nothing more.
