@@ -36,8 +36,7 @@ fn stderr_of(c: &mut Command) -> (Option<i32>, String) {
     let out = c.output().unwrap();
     (
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
 }
 
@@ -48,7 +47,10 @@ fn an_unparseable_url_is_reported_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
     for (key, url) in [
         ("ELK_URL", "http://elastic:S3cr3t-url-pw@host:99999"),
-        ("ELK_URL", "http://es1:9200,https://elastic:S3cr3t-url-pw@bad host:9200"),
+        (
+            "ELK_URL",
+            "http://es1:9200,https://elastic:S3cr3t-url-pw@bad host:9200",
+        ),
         ("CALDERA_URL", "https://red:S3cr3t-url-pw@[::1:8888"),
     ] {
         let (code, err) = stderr_of(sidecar(dir.path()).arg("check-config").env(key, url));
@@ -80,9 +82,17 @@ fn syntax_errors_in_env_and_toml_files_never_print_the_line() {
         "caldera_password = 'S3cr3t-toml' 'again'\n",
     ] {
         std::fs::write(&toml, text).unwrap();
-        let (code, err) = stderr_of(sidecar(dir.path()).arg("--config").arg(&toml).arg("check-config"));
+        let (code, err) = stderr_of(
+            sidecar(dir.path())
+                .arg("--config")
+                .arg(&toml)
+                .arg("check-config"),
+        );
         assert_eq!(code, Some(2), "{err}");
-        assert!(err.contains("is not valid TOML") && err.contains("line "), "{err}");
+        assert!(
+            err.contains("is not valid TOML") && err.contains("line "),
+            "{err}"
+        );
         assert!(!err.contains("S3cr3t-toml"), "{err}");
     }
 }
@@ -138,11 +148,17 @@ async fn run_daemon_log(level_env: (&str, &str)) -> String {
 async fn the_session_cookie_is_not_logged_at_trace_or_debug() {
     for level in [("RUST_LOG", "trace"), ("LOG_LEVEL", "debug")] {
         let log = run_daemon_log(level).await;
-        assert!(log.contains("logged in to Caldera"), "{level:?}: login not seen");
+        assert!(
+            log.contains("logged in to Caldera"),
+            "{level:?}: login not seen"
+        );
         // Our own debug events are there: the level really was in force.
         assert!(log.contains("DEBUG"), "{level:?}");
         // cookie_store logs `inserting Set-Cookie 'Cookie { … API_SESSION=<value> …'` at debug.
-        assert!(!log.contains("API_SESSION="), "{level:?}: the session cookie is in the log");
+        assert!(
+            !log.contains("API_SESSION="),
+            "{level:?}: the session cookie is in the log"
+        );
         assert!(!log.contains("admin-pass"));
     }
 }
@@ -161,9 +177,15 @@ async fn url_credentials_are_sent_decoded() {
     let srv = RawServer::start(|_| json_response(200, r#"{"status":"green"}"#)).await;
     // `p@ss:w/rd` has to be percent-encoded inside a URL; the server must get it decoded.
     let url = format!("http://elastic:p%40ss%3Aw%2Frd@{}", srv.addr);
-    let settings = app::settings(&app::test_env("http://127.0.0.1:9", "x", &[("ELK_URL", &url)]));
+    let settings = app::settings(&app::test_env(
+        "http://127.0.0.1:9",
+        "x",
+        &[("ELK_URL", &url)],
+    ));
     let es = caldera_sidecar::sink::elastic::build_client(&settings.elastic).unwrap();
-    let status = caldera_sidecar::sink::elastic::cluster_status(&es).await.unwrap();
+    let status = caldera_sidecar::sink::elastic::cluster_status(&es)
+        .await
+        .unwrap();
     assert_eq!(status, "green");
     let heads = srv.heads();
     // base64("elastic:p@ss:w/rd")
@@ -193,7 +215,10 @@ fn env_file_values_are_not_expanded() {
         CalderaAuth::Session { password, .. } => assert_eq!(password.expose(), "pa$word1"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.elastic.api_key.as_ref().unwrap().expose(), "k${HOME_DIR}$z");
+    assert_eq!(
+        s.elastic.api_key.as_ref().unwrap().expose(),
+        "k${HOME_DIR}$z"
+    );
     assert_eq!(s.api.key.as_ref().unwrap().expose(), "s$q\"x");
 }
 
@@ -224,7 +249,8 @@ async fn status_with_an_env_file_uses_the_key_systemd_would_pass() {
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // 2 would mean the key was refused (it was read as `pa`).
     assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
     assert!(!text.contains("refused"), "{text}");
@@ -308,12 +334,20 @@ async fn a_private_ca_is_trusted_for_elasticsearch_and_host_names_are_still_chec
     let ok = status(format!("https://localhost:{port}"), Some(ca.clone())).await;
     assert_eq!(ok.unwrap(), "green");
     // Without the CA: the certificate is not trusted.
-    let e = status(format!("https://localhost:{port}"), None).await.unwrap_err();
+    let e = status(format!("https://localhost:{port}"), None)
+        .await
+        .unwrap_err();
     assert!(e.message().contains("cannot reach"), "{}", e.message());
     // With the CA but another host name: refused too (the certificate names localhost only).
-    let e = status(format!("https://127.0.0.1:{port}"), Some(ca)).await.unwrap_err();
+    let e = status(format!("https://127.0.0.1:{port}"), Some(ca))
+        .await
+        .unwrap_err();
     assert!(e.message().contains("cannot reach"), "{}", e.message());
-    assert_eq!(srv.heads().len(), 1, "only the verified connection sent a request");
+    assert_eq!(
+        srv.heads().len(),
+        1,
+        "only the verified connection sent a request"
+    );
 }
 
 #[tokio::test]
@@ -353,9 +387,24 @@ fn bad_ca_files_stop_check_config_with_the_key_and_the_reason() {
     let good = dir.path().join("good.pem");
     std::fs::write(&good, pki().ca_pem).unwrap();
     for (key, file, extra, why) in [
-        ("CALDERA_CA_CERT", "/nonexistent/ca.pem".into(), None, "cannot read"),
-        ("ELK_CA_CERT", empty.clone(), None, "holds no PEM certificate"),
-        ("ELK_CA_CERT", broken.clone(), None, "cannot be trusted as a CA"),
+        (
+            "CALDERA_CA_CERT",
+            "/nonexistent/ca.pem".into(),
+            None,
+            "cannot read",
+        ),
+        (
+            "ELK_CA_CERT",
+            empty.clone(),
+            None,
+            "holds no PEM certificate",
+        ),
+        (
+            "ELK_CA_CERT",
+            broken.clone(),
+            None,
+            "cannot be trusted as a CA",
+        ),
         (
             "ELK_CA_CERT",
             good.clone(),
@@ -372,7 +421,11 @@ fn bad_ca_files_stop_check_config_with_the_key_and_the_reason() {
         assert_eq!(code, Some(2), "{key}: {err}");
         assert!(err.contains(key) && err.contains(why), "{key}: {err}");
     }
-    let (code, out) = stderr_of(sidecar(dir.path()).arg("check-config").env("ELK_CA_CERT", &good));
+    let (code, out) = stderr_of(
+        sidecar(dir.path())
+            .arg("check-config")
+            .env("ELK_CA_CERT", &good),
+    );
     assert_eq!(code, Some(0), "{out}");
 }
 
@@ -383,7 +436,14 @@ fn dot_env_is_ignored_by_git_but_the_example_is_not() {
     let root = env!("CARGO_MANIFEST_DIR");
     let started = Instant::now();
     let out = Command::new("git")
-        .args(["check-ignore", "--no-index", "-v", ".env", ".env.local", ".env.example"])
+        .args([
+            "check-ignore",
+            "--no-index",
+            "-v",
+            ".env",
+            ".env.local",
+            ".env.example",
+        ])
         .current_dir(root)
         .output();
     let Ok(out) = out else {
@@ -393,7 +453,10 @@ fn dot_env_is_ignored_by_git_but_the_example_is_not() {
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\t.env\n") && text.contains("\t.env.local\n"), "{text}");
+    assert!(
+        text.contains("\t.env\n") && text.contains("\t.env.local\n"),
+        "{text}"
+    );
     // `!.env.example` matches as a negation: git prints it with the `!` pattern.
     assert!(text.contains("!.env.example\t.env.example"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(30));

@@ -313,7 +313,15 @@ pub fn build(
     observed: Timestamp,
     settings: &DocSettings,
 ) -> Result<Built, InvalidValue> {
-    build_limited(op, finish, settled, observed, settings, &mut |_, _| true, usize::MAX)
+    build_limited(
+        op,
+        finish,
+        settled,
+        observed,
+        settings,
+        &mut |_, _| true,
+        usize::MAX,
+    )
 }
 
 /// [`build`], building a link's document only where `wanted(link id, raw link JSON)` says so.

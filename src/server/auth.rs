@@ -221,17 +221,27 @@ mod tests {
     fn ipv6_clients_share_a_budget_per_64() {
         let l = RateLimiter::new(3, 10);
         let t0 = Instant::now();
-        for a in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"] {
+        for a in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff::9",
+            "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+        ] {
             assert!(l.check(a.parse().expect("ip"), t0).is_ok(), "{a}");
         }
-        assert!(l.check("2001:db8:1:2::77".parse().expect("ip"), t0).is_err());
+        assert!(
+            l.check("2001:db8:1:2::77".parse().expect("ip"), t0)
+                .is_err()
+        );
         // The next /64 is another client.
         assert!(l.check("2001:db8:1:3::1".parse().expect("ip"), t0).is_ok());
         // IPv4 keeps one budget per address, mapped or not.
         for _ in 0..3 {
             assert!(l.check("192.0.2.7".parse().expect("ip"), t0).is_ok());
         }
-        assert!(l.check("::ffff:192.0.2.7".parse().expect("ip"), t0).is_err());
+        assert!(
+            l.check("::ffff:192.0.2.7".parse().expect("ip"), t0)
+                .is_err()
+        );
         assert!(l.check("192.0.2.8".parse().expect("ip"), t0).is_ok());
     }
 
