@@ -445,6 +445,33 @@ async fn an_idle_kept_alive_connection_is_not_held_forever() {
     app::stop(r).await;
 }
 
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stub = CalderaStub::start().await;
+    let index = unique_index("hostile-head");
+    let r = app::start(&app::test_env(&stub.url(), &index, &[])).await;
+    let mut c = tokio::net::TcpStream::connect(r.health_addr).await.unwrap();
+    let junk = "a".repeat(200 * 1024);
+    // The server may close before all of it is written: that is the point.
+    let _ = c
+        .write_all(format!("GET /livez HTTP/1.1\r\nHost: x\r\nX-Junk: {junk}\r\n\r\n").as_bytes())
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "a 200 KB head was served: {text}"
+    );
+    // The server is still there for well-behaved clients.
+    assert_eq!(
+        http_get(r.health_addr, "/livez").await,
+        Some((200, "ok".into()))
+    );
+    app::stop(r).await;
+}
+
 // ---- 16. A very large operation is indexed in pieces, nothing dropped ------------------------
 
 #[test]

@@ -10,6 +10,7 @@
 //!   kept-alive connection counts as reading headers, so an idle connection goes after that too;
 //! * a connection with no traffic in any other phase (e.g. a client that never reads its answer)
 //!   is closed after [`IDLE_TIMEOUT`] (a request being answered is finished first);
+//! * a request's head may not exceed 64 KB (hyper's default buffer is ~400 KB per connection);
 //! * accept errors (e.g. out of file descriptors) pause the loop instead of spinning.
 //!
 //! HTTP/1.1 only: health, metrics and liveness need nothing more.
@@ -34,6 +35,8 @@ use tower::ServiceExt;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A kept-alive connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read (and write) buffer per connection.
+const MAX_BUF: usize = 64 * 1024;
 /// After a graceful close was asked for, the longest wait for the answer in progress.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -119,6 +122,9 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        // Our requests are a line and a few headers; hyper's default (~400 KB per connection)
+        // would let the allowed connections hold ~100 MB of junk headers.
+        .max_buf_size(MAX_BUF)
         .keep_alive(true);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
