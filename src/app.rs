@@ -72,8 +72,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sup = crate::supervise::Supervisor::new(shared.clone(), shutdown_rx.clone());
 
+    // Built before the server: the enroll endpoint asks Caldera through it.
+    let client = Arc::new(
+        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
+    );
+    let enroll = crate::enroll::http::routes(Arc::new(crate::enroll::http::EnrollService::new(
+        client.clone(),
+        settings.enroll.clone(),
+        settings.documents.client_map.clone(),
+    )));
     let (health_addr, server) =
-        crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
+        crate::server::serve(&settings, shared.clone(), enroll, shutdown_rx.clone())
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.health_bind,
@@ -91,9 +100,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
-    let client = Arc::new(
-        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
-    );
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
@@ -107,6 +113,22 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             shutdown_rx.clone(),
         ),
     );
+    let agents_run = crate::agents::watch::run(
+        client.clone(),
+        settings.agents.clone(),
+        settings.documents.client_map.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    );
+    let agents_off = settings.agents.interval.is_none();
+    let mut agents_shutdown = shutdown_rx.clone();
+    let agents = sup.spawn("agents", async move {
+        agents_run.await;
+        if agents_off {
+            // Switched off, it returns at once: that is not a dead stage.
+            let _ = agents_shutdown.wait_for(|v| *v).await;
+        }
+    });
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -134,7 +156,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: vec![w, s, t, probes, server],
+        tasks: vec![w, s, t, probes, agents, server],
         failures: sup.failures(),
     })
 }

@@ -163,6 +163,23 @@ pub struct ElasticStatus {
     pub last_ok_write: Option<SystemTime>,
 }
 
+/// One client's Caldera agents (see `agents`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientAgents {
+    pub live: u64,
+    pub total: u64,
+}
+
+/// The background read of Caldera's agents, as health and metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct AgentsStatus {
+    /// `None` while the background read is off (`AGENTS_POLL_INTERVAL=0`).
+    pub interval: Option<std::time::Duration>,
+    pub clients: std::collections::BTreeMap<String, ClientAgents>,
+    pub last_ok_read: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Shared {
     pub started: Instant,
@@ -174,6 +191,7 @@ pub struct Shared {
     /// Set when a pipeline stage died (see [`crate::supervise`]): health turns unhealthy,
     /// `/livez` fails, and the process exits non-zero so its supervisor restarts it.
     pub fatal: Mutex<Option<String>>,
+    pub agents: Mutex<AgentsStatus>,
 }
 
 impl Default for Shared {
@@ -186,6 +204,7 @@ impl Default for Shared {
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
             fatal: Mutex::new(None),
+            agents: Mutex::new(AgentsStatus::default()),
         }
     }
 }
@@ -217,6 +236,16 @@ impl Shared {
     }
     pub fn fatal(&self) -> Option<String> {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn agents(&self, f: impl FnOnce(&mut AgentsStatus)) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    pub fn agents_status(&self) -> AgentsStatus {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn breaker_status(&self) -> BreakerStatus {
         self.breaker

@@ -115,6 +115,8 @@ pub struct Settings {
     pub report_output_dir: PathBuf,
     pub company_name: String,
     pub logo_path: Option<PathBuf>,
+    pub enroll: crate::enroll::EnrollSettings,
+    pub agents: crate::agents::AgentsSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -392,6 +394,8 @@ impl Layered {
                 1 << 20,
             )? as usize,
         };
+        let enroll = crate::enroll::EnrollSettings::from_layered(self)?;
+        let agents = crate::agents::AgentsSettings::from_layered(self, &auth)?;
         Ok(Settings {
             caldera: CalderaSettings {
                 url: caldera_url,
@@ -452,6 +456,8 @@ impl Layered {
             report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
             company_name: self.get("COMPANY_NAME").to_string(),
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            enroll,
+            agents,
         })
     }
 }

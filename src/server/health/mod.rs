@@ -201,6 +201,10 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             stage_failure(&mut c, shared.fatal());
             c
         }),
+        (
+            "agents",
+            crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
+        ),
     ];
     let level = checks
         .iter()
