@@ -18,4 +18,5 @@ pub mod memory;
 pub mod server;
 pub mod sink;
 pub mod state;
+pub mod supervise;
 pub mod telemetry;

@@ -157,22 +157,36 @@ async fn run(settings: config::Settings) -> ExitCode {
         index = %settings.elastic.index,
         "caldera-sidecar starting"
     );
-    let running = match app::start(settings).await {
+    let mut running = match app::start(settings).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
-    tracing::info!("shutting down: stopping intake, flushing documents");
-    if running.shutdown(Duration::from_secs(30)).await {
+    // A dead stage ends the process with a non-zero code (health already says why), so
+    // systemd's Restart=on-failure starts a fresh one.
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = running.failed() => Some(why),
+    };
+    match &failure {
+        None => tracing::info!("shutting down: stopping intake, flushing documents"),
+        Some(why) => {
+            tracing::error!(error = %why, "a pipeline stage died: flushing what is in flight, then exiting with code 1")
+        }
+    }
+    let clean = running.shutdown(Duration::from_secs(30)).await;
+    if clean {
         tracing::info!("stopped cleanly: every document is indexed or spooled");
-        ExitCode::SUCCESS
     } else {
         tracing::error!(
             "shutdown did not end cleanly within 30 s: documents in flight may be neither indexed nor spooled"
         );
+    }
+    if clean && failure.is_none() {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }
