@@ -103,13 +103,26 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     );
 
     let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
+    let mut tasks = Vec::new();
+    if settings.correlation.enabled {
+        let stage =
+            crate::correlate::Stage::new(&settings, shared.clone()).map_err(StartError::Client)?;
+        tasks.push(tokio::spawn(stage.run(shutdown_rx.clone())));
+    } else {
+        shared.correlation.update(|c| c.state = "disabled");
+    }
     let s = tokio::spawn(sink.run(doc_rx));
     let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
     Ok(Running {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: vec![w, s, t, probes, server],
+        tasks: {
+            let mut all = vec![w, s, t, probes];
+            all.extend(tasks);
+            all.push(server);
+            all
+        },
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod caldera;
 pub mod config;
+pub mod correlate;
 pub mod document;
 pub mod memory;
 pub mod server;

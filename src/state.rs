@@ -171,6 +171,7 @@ pub struct Shared {
     pub elastic: Mutex<ElasticStatus>,
     pub breaker: Mutex<BreakerStatus>,
     pub spool: Mutex<SpoolStatus>,
+    pub correlation: crate::correlate::status::CorrelationStatus,
 }
 
 impl Default for Shared {
@@ -182,6 +183,7 @@ impl Default for Shared {
             elastic: Mutex::new(ElasticStatus::default()),
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
+            correlation: Default::default(),
         }
     }
 }

@@ -107,6 +107,7 @@ pub struct Settings {
     pub report_output_dir: PathBuf,
     pub company_name: String,
     pub logo_path: Option<PathBuf>,
+    pub correlation: crate::correlate::CorrelationSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -426,6 +427,7 @@ impl Layered {
             report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
             company_name: self.get("COMPANY_NAME").to_string(),
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            correlation: crate::correlate::settings::parse(self)?,
         })
     }
 }

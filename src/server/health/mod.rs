@@ -200,6 +200,7 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             "pipeline",
             pipeline_check(&caldera, &shared.stats, cfg, uptime, now),
         ),
+        ("correlation", correlation_check(shared, now)),
     ];
     let level = checks
         .iter()
@@ -211,6 +212,16 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         uptime,
         checks,
     }
+}
+
+/// The correlation stage's check, from its own status (see `correlate::status`).
+fn correlation_check(shared: &Shared, now: SystemTime) -> Check {
+    let (level, message, details) = crate::correlate::status::check(&shared.correlation, now);
+    let mut c = Check::new(details);
+    if let (1, Some(m)) = (level, message) {
+        c.raise(Level::Degraded, m);
+    }
+    c
 }
 
 fn age(now: SystemTime, t: Option<SystemTime>) -> Option<Duration> {
