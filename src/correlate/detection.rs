@@ -6,7 +6,8 @@
 //! `detection.rules`, `detection.first_alert_at` (earliest `@timestamp` of those alerts: when
 //! the SIEM raised it), `detection.time_to_detect_ms` (that minus the link's start on the
 //! victim's clock, floored at 0), `detection.candidate_count` (tier-3 alerts) and
-//! `detection.complete` (the wait is over; the link is not looked at again).
+//! `detection.complete` (its operation is settled and the wait is over; the link is not
+//! looked at again).
 //!
 //! Operation: `detection.techniques_total`, `detection.techniques_detected`,
 //! `detection.techniques_detected_ids`, `detection.links_total`, `detection.links_detected`,
@@ -23,7 +24,7 @@ use elasticsearch::Elasticsearch;
 use elasticsearch::http::Method;
 use serde_json::{Value, json};
 
-use super::es::{EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, ndjson, path_index, send};
 use super::link::LinkView;
 use super::time::format_millis;
 
@@ -76,10 +77,21 @@ impl Found {
 
 /// The link's `detection` object from what this pass found (a pass reads every alert of the
 /// link's window again, so this is the whole picture, not an increment).
-pub fn link_detection(link: &LinkView, found: &Found, now_ms: i64, wait: Duration) -> Value {
-    let complete = link
-        .end_ms
-        .is_some_and(|e| now_ms > e + wait.as_millis() as i64);
+///
+/// `settled` says whether the link's operation is settled: until then other links of it may
+/// still be indexed (and take alerts that look like candidates of this one), so the link is
+/// not declared complete before.
+pub fn link_detection(
+    link: &LinkView,
+    found: &Found,
+    now_ms: i64,
+    wait: Duration,
+    settled: bool,
+) -> Value {
+    let complete = settled
+        && link
+            .end_ms
+            .is_some_and(|e| now_ms > e + wait.as_millis() as i64);
     let status = if !found.alerts.is_empty() {
         "detected"
     } else if complete {
@@ -132,8 +144,7 @@ pub async fn write(
         Method::Post,
         "/_bulk",
         &[],
-        Some(ndjson(&lines)),
-        true,
+        Body::NdJson(ndjson(&lines)),
         timeout,
     )
     .await?;
@@ -170,8 +181,7 @@ pub async fn operations_without_summary(
         Method::Post,
         &format!("/{}/_search", path_index(index)),
         &[("ignore_unavailable", "true")],
-        Some(body.to_string().into_bytes()),
-        false,
+        Body::Json(body.to_string().into_bytes()),
         timeout,
     )
     .await?;
@@ -180,6 +190,39 @@ pub async fn operations_without_summary(
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
+        .filter_map(|h| h["_source"]["operation_id"].as_str().map(String::from))
+        .collect())
+}
+
+/// Which of these operations the index holds as settled (closed, every link done).
+pub async fn settled_operations(
+    es: &Elasticsearch,
+    index: &str,
+    ops: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<BTreeSet<String>, EsError> {
+    if ops.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let ids: Vec<String> = ops.iter().map(|o| format!("op-{o}")).collect();
+    let body = json!({"size": ids.len(), "_source": ["operation_id", "settled"],
+                      "query": {"ids": {"values": ids}}});
+    let v = send(
+        es,
+        "reading operation documents",
+        Method::Post,
+        &format!("/{}/_search", path_index(index)),
+        &[("ignore_unavailable", "true")],
+        Body::Json(body.to_string().into_bytes()),
+        timeout,
+    )
+    .await?;
+    Ok(v["hits"]["hits"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|h| h["_source"]["settled"] == true)
         .filter_map(|h| h["_source"]["operation_id"].as_str().map(String::from))
         .collect())
 }
@@ -215,8 +258,7 @@ pub async fn summarise_operations(
         Method::Post,
         &format!("/{}/_search", path_index(index)),
         &[],
-        Some(body.to_string().into_bytes()),
-        false,
+        Body::Json(body.to_string().into_bytes()),
         timeout,
     )
     .await?;
@@ -270,14 +312,13 @@ pub async fn summarise_operations(
         Method::Post,
         &format!("/{}/_search", path_index(index)),
         &[],
-        Some(
+        Body::Json(
             json!({"size": doc_ids.len(), "seq_no_primary_term": true,
                    "_source": ["operation_id", "detection"],
                    "query": {"ids": {"values": doc_ids}}})
             .to_string()
             .into_bytes(),
         ),
-        false,
         timeout,
     )
     .await?;
@@ -323,12 +364,11 @@ pub async fn put_mapping(
         Method::Put,
         &format!("/{}/_mapping", path_index(index)),
         &[],
-        Some(
+        Body::Json(
             json!({"properties": {"detection": mapping()}})
                 .to_string()
                 .into_bytes(),
         ),
-        false,
         timeout,
     )
     .await

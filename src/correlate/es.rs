@@ -39,6 +39,13 @@ fn transport(what: &'static str, e: &elasticsearch::Error) -> EsError {
     }
 }
 
+/// A request body: none, one JSON document, or one per line (`_bulk`, `_msearch`).
+pub enum Body {
+    None,
+    Json(Vec<u8>),
+    NdJson(Vec<u8>),
+}
+
 /// Sends one request and returns its JSON answer; any non-2xx is an error with a short,
 /// sanitised excerpt of the answer.
 pub async fn send(
@@ -47,17 +54,21 @@ pub async fn send(
     method: Method,
     path: &str,
     query: &[(&str, &str)],
-    body: Option<Vec<u8>>,
-    ndjson: bool,
+    body: Body,
     timeout: Duration,
 ) -> Result<Value, EsError> {
     let mut headers = HeaderMap::new();
-    if ndjson {
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-    }
+    let body = match body {
+        Body::None => None,
+        Body::Json(b) => Some(b),
+        Body::NdJson(b) => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            Some(b)
+        }
+    };
     let resp = es
         .send(method, path, headers, Some(query), body, Some(timeout))
         .await

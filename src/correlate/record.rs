@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::action::Outcome;
 use super::alert::Alert;
-use super::es::{EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, ndjson, path_index, send};
 use super::link::LinkView;
 use super::time::format_millis;
 
@@ -69,8 +69,7 @@ pub async fn install_template(
         Method::Put,
         &format!("/_index_template/caldera-sidecar-{}", path_index(index)),
         &[],
-        Some(template_body(index).to_string().into_bytes()),
-        false,
+        Body::Json(template_body(index).to_string().into_bytes()),
         timeout,
     )
     .await
@@ -147,8 +146,7 @@ pub async fn write(
         Method::Post,
         "/_bulk",
         &[],
-        Some(ndjson(&lines)),
-        true,
+        Body::NdJson(ndjson(&lines)),
         timeout,
     )
     .await?;

@@ -17,7 +17,7 @@ use elasticsearch::http::Method;
 use serde_json::{Value, json};
 
 use super::alert::{self, Alert, Malformed};
-use super::es::{EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, ndjson, path_index, send};
 use super::link::{self, LinkView};
 
 /// Alerts per page of one host's search.
@@ -62,8 +62,7 @@ pub async fn links_page(
         Method::Post,
         &format!("/{}/_search", path_index(index)),
         &[("ignore_unavailable", "true")],
-        Some(body.to_string().into_bytes()),
-        false,
+        Body::Json(body.to_string().into_bytes()),
         timeout,
     )
     .await?;
@@ -83,8 +82,7 @@ pub async fn alert_index_exists(
         Method::Post,
         &format!("/{}/_search", path_index(alert_index)),
         &[("allow_no_indices", "false"), ("size", "0")],
-        Some(b"{}".to_vec()),
-        false,
+        Body::Json(b"{}".to_vec()),
         timeout,
     )
     .await;
@@ -185,8 +183,7 @@ pub async fn read_alerts(
             Method::Post,
             "/_msearch",
             &[],
-            Some(ndjson(&lines)),
-            true,
+            Body::NdJson(ndjson(&lines)),
             timeout,
         )
         .await?;
@@ -255,8 +252,7 @@ pub async fn previous_records(
             Method::Post,
             &format!("/{}/_search", path_index(index)),
             &[("ignore_unavailable", "true")],
-            Some(body.to_string().into_bytes()),
-            false,
+            Body::Json(body.to_string().into_bytes()),
             timeout,
         )
         .await?;

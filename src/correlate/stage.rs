@@ -19,7 +19,7 @@ use super::action::{self, Change, Decision, Outcome};
 use super::alert::Alert;
 use super::backend::{Actor, kibana::KibanaClient};
 use super::detection::{self, Found, Update};
-use super::es::{EsError, path_index, send};
+use super::es::{Body, EsError, path_index, send};
 use super::link::LinkView;
 use super::matching::match_host;
 use super::record::{self, Record};
@@ -164,8 +164,7 @@ impl Stage {
                 Method::Post,
                 &format!("/{}/_refresh", path_index(&self.index)),
                 &[("ignore_unavailable", "true")],
-                None::<Vec<u8>>,
-                false,
+                Body::None,
                 self.timeout,
             )
             .await?;
@@ -362,6 +361,9 @@ impl Stage {
             self.shared.correlation.records_written.add(n as u64);
         }
 
+        let batch_ops: BTreeSet<String> = links.iter().map(|l| l.operation_id.clone()).collect();
+        let settled =
+            detection::settled_operations(&self.es, &self.index, &batch_ops, self.timeout).await?;
         let mut updates = Vec::new();
         let empty = Found::default();
         for (i, l) in links.iter().enumerate() {
@@ -370,6 +372,7 @@ impl Stage {
                 found.get(&i).unwrap_or(&empty),
                 now,
                 self.settings.wait,
+                settled.contains(&l.operation_id),
             );
             if d["complete"] != true {
                 report.pending += 1;

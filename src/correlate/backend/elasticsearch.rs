@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::correlate::action::{Change, Outcome};
 use crate::correlate::alert::Alert;
-use crate::correlate::es::{ndjson, send};
+use crate::correlate::es::{Body, ndjson, send};
 use crate::correlate::time::{format_millis, now_millis};
 
 /// The partial document for one change, in the alert's own key layout.
@@ -62,8 +62,7 @@ pub async fn apply(
         Method::Post,
         "/_bulk",
         &[],
-        Some(ndjson(&lines)),
-        true,
+        Body::NdJson(ndjson(&lines)),
         timeout,
     )
     .await
