@@ -46,6 +46,7 @@ async fn setup(name: &str) -> Setup {
 impl Setup {
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut e = vec![
+            ("CORRELATION_ENABLED", "true"),
             ("ALERT_INDEX", self.alert_index.as_str()),
             ("CORRELATION_INDEX", self.corr_index.as_str()),
             ("CORRELATION_INTERVAL", "0.5"),
