@@ -606,6 +606,7 @@ async fn no_alert_index_idles_and_health_says_why() {
         &stub.url(),
         &index,
         &[
+            ("CORRELATION_ENABLED", "true"),
             ("ALERT_INDEX", missing.as_str()),
             ("CORRELATION_INTERVAL", "0.3"),
         ],

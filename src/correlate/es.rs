@@ -85,11 +85,22 @@ pub async fn send(
             ),
         });
     }
-    serde_json::from_str(&text).map_err(|e| EsError {
+    let parsed = serde_json::from_str(&text).map_err(|e| EsError {
         what,
         status: Some(status),
         message: format!("unreadable answer: {e}"),
-    })
+    });
+    // The text goes now; the parsed tree soon after (the caller takes what it needs).
+    crate::memory::transient_freed(3 * text.len());
+    parsed
+}
+
+/// Moves the array at `v[a][b]` out of `v` (no copy of a large answer).
+pub fn take_array(v: &mut Value, a: &str, b: &str) -> Vec<Value> {
+    match v[a][b].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
 }
 
 /// One JSON document per line, as `_bulk` and `_msearch` want.

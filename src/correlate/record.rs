@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::action::Outcome;
 use super::alert::Alert;
-use super::es::{Body, EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, path_index, send};
 use super::link::LinkView;
 use super::time::format_millis;
 
@@ -125,31 +125,43 @@ impl Record<'_> {
     }
 }
 
+/// A bulk body of records, serialised as they are added (a record's JSON tree lives only
+/// while it is written out: thousands of them as trees would cost far more than their text).
+#[derive(Default)]
+pub struct Batch {
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl Batch {
+    pub fn push(&mut self, index: &str, r: &Record<'_>) {
+        let action = json!({"index": {"_index": index, "_id": r.id()}});
+        self.body.extend_from_slice(action.to_string().as_bytes());
+        self.body.push(b'\n');
+        self.body
+            .extend_from_slice(r.to_json().to_string().as_bytes());
+        self.body.push(b'\n');
+        self.count += 1;
+    }
+}
+
 /// Indexes the records in one bulk request; answers how many were stored.
-pub async fn write(
-    es: &Elasticsearch,
-    index: &str,
-    records: &[(String, Value)],
-    timeout: Duration,
-) -> Result<usize, EsError> {
-    if records.is_empty() {
+pub async fn write(es: &Elasticsearch, batch: Batch, timeout: Duration) -> Result<usize, EsError> {
+    if batch.count == 0 {
         return Ok(0);
     }
-    let mut lines = Vec::with_capacity(records.len() * 2);
-    for (id, doc) in records {
-        lines.push(json!({"index": {"_index": index, "_id": id}}));
-        lines.push(doc.clone());
-    }
+    let bytes = batch.body.len();
     let v = send(
         es,
         "writing correlation records",
         Method::Post,
         "/_bulk",
         &[],
-        Body::NdJson(ndjson(&lines)),
+        Body::NdJson(batch.body),
         timeout,
     )
     .await?;
+    crate::memory::transient_freed(bytes);
     let stored = v["items"]
         .as_array()
         .map(|items| {

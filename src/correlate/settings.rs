@@ -261,3 +261,63 @@ pub fn parse(l: &Layered) -> Result<CorrelationSettings, ConfigError> {
         batch: int("CORRELATION_BATCH", l.get("CORRELATION_BATCH"), 1, 10_000)? as usize,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+
+    fn parse_env(env: &[(&str, &str)]) -> Result<CorrelationSettings, ConfigError> {
+        let opts = LoadOptions {
+            config_file: Some("/dev/null".into()),
+            env_file: Some("/dev/null".into()),
+        };
+        let l = Layered::load(
+            &opts,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        parse(&l)
+    }
+
+    #[test]
+    fn defaults_and_choices() {
+        let s = parse_env(&[]).unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.tiers, BTreeSet::from([1]));
+        assert_eq!(s.action, Action::Close);
+        assert_eq!(s.backend.name(), "elasticsearch");
+        assert_eq!(s.wait, Duration::from_secs(900));
+        let s = parse_env(&[
+            ("KIBANA_URL", "https://kibana.example:5601"),
+            ("KIBANA_API_KEY", "k"),
+            ("ALERT_TIERS", "1, 2"),
+            ("ALERT_ACTION", "TAG"),
+        ])
+        .unwrap();
+        assert_eq!(s.backend.name(), "kibana");
+        assert_eq!(s.tiers, BTreeSet::from([1, 2]));
+        assert_eq!(s.action, Action::Tag);
+        let e = parse_env(&[("ALERT_TIERS", "1,3")]).unwrap_err();
+        assert_eq!(e.key, "ALERT_TIERS");
+        assert_eq!(
+            parse_env(&[("ALERT_ACTION", "delete")]).unwrap_err().key,
+            "ALERT_ACTION"
+        );
+        assert_eq!(
+            parse_env(&[("ALERT_BACKEND", "kibana")]).unwrap_err().key,
+            "KIBANA_URL"
+        );
+        assert_eq!(
+            parse_env(&[("KIBANA_URL", "https://u:p@kibana:5601")])
+                .unwrap_err()
+                .key,
+            "KIBANA_URL"
+        );
+        assert_eq!(
+            parse_env(&[("CORRELATION_INDEX", ".hidden")])
+                .unwrap_err()
+                .key,
+            "CORRELATION_INDEX"
+        );
+    }
+}

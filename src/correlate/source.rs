@@ -17,7 +17,7 @@ use elasticsearch::http::Method;
 use serde_json::{Value, json};
 
 use super::alert::{self, Alert, Malformed};
-use super::es::{Body, EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, ndjson, path_index, send, take_array};
 use super::link::{self, LinkView};
 
 /// Alerts per page of one host's search.
@@ -56,7 +56,7 @@ pub async fn links_page(
     if let Some(a) = after {
         body["search_after"] = json!([a]);
     }
-    let v = send(
+    let mut v = send(
         es,
         "reading link documents",
         Method::Post,
@@ -66,7 +66,7 @@ pub async fn links_page(
         timeout,
     )
     .await?;
-    Ok(v["hits"]["hits"].as_array().cloned().unwrap_or_default())
+    Ok(take_array(&mut v, "hits", "hits"))
 }
 
 /// Whether the alert index (or alias, or pattern) exists: `Ok(false)` means "nothing to read
@@ -177,7 +177,7 @@ pub async fn read_alerts(
             lines.push(body);
         }
         out.requests += 1;
-        let v = send(
+        let mut v = send(
             es,
             "reading alerts",
             Method::Post,
@@ -187,7 +187,10 @@ pub async fn read_alerts(
             timeout,
         )
         .await?;
-        let responses = v["responses"].as_array().cloned().unwrap_or_default();
+        let responses = match v["responses"].take() {
+            Value::Array(r) => r,
+            _ => Vec::new(),
+        };
         if responses.len() != round.len() {
             return Err(EsError {
                 what: "reading alerts",
@@ -199,7 +202,7 @@ pub async fn read_alerts(
                 ),
             });
         }
-        for ((host, query, _), r) in round.into_iter().zip(responses) {
+        for ((host, query, _), mut r) in round.into_iter().zip(responses) {
             if let Some(err) = r.get("error") {
                 return Err(EsError {
                     what: "reading alerts",
@@ -207,7 +210,7 @@ pub async fn read_alerts(
                     message: crate::document::sanitize::clean_text(&err.to_string(), 300),
                 });
             }
-            let hits = r["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            let hits = take_array(&mut r, "hits", "hits");
             let full = hits.len() == ALERT_PAGE;
             let next = hits.last().map(|h| h["sort"].clone());
             let entry = out.alerts.entry(host.clone()).or_default();
@@ -246,7 +249,7 @@ pub async fn previous_records(
         if let Some(a) = &after {
             body["search_after"] = a.clone();
         }
-        let v = send(
+        let mut v = send(
             es,
             "reading correlation records",
             Method::Post,
@@ -256,12 +259,13 @@ pub async fn previous_records(
             timeout,
         )
         .await?;
-        let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        let hits = take_array(&mut v, "hits", "hits");
         let n = hits.len();
         after = hits.last().map(|h| h["sort"].clone());
         for h in hits {
-            if let Some(id) = h["_source"]["record_id"].as_str() {
-                out.insert(id.to_string(), h["_source"].clone());
+            let mut h = h;
+            if let Some(id) = h["_source"]["record_id"].as_str().map(String::from) {
+                out.insert(id, h["_source"].take());
             }
         }
         if n < PAGE {

@@ -75,7 +75,6 @@ pub struct PassReport {
     pub operations_written: usize,
     pub pending: usize,
     pub oldest_pending_end_ms: Option<i64>,
-    pub lines: Vec<Line>,
 }
 
 impl Stage {
@@ -150,7 +149,7 @@ impl Stage {
             after = hits
                 .last()
                 .and_then(|h| h["sort"][0].as_str().map(String::from));
-            self.batch(&hits, opts, &mut report, &mut touched_ops, on_line)
+            self.batch(hits, opts, &mut report, &mut touched_ops, on_line)
                 .await?;
             if n < self.settings.batch || after.is_none() {
                 break;
@@ -179,13 +178,14 @@ impl Stage {
 
     async fn batch(
         &self,
-        hits: &[Value],
+        hits: Vec<Value>,
         opts: &PassOptions,
         report: &mut PassReport,
         touched_ops: &mut BTreeSet<String>,
         on_line: &mut (dyn FnMut(&Line) + Send),
     ) -> Result<(), EsError> {
-        let (links, unusable) = source::parse_links(hits);
+        let (links, unusable) = source::parse_links(&hits);
+        drop(hits);
         for u in unusable.iter().take(3) {
             tracing::debug!(error = %u, "link document skipped");
         }
@@ -303,7 +303,7 @@ impl Stage {
         // Records, detection and report lines.
         let now = now_millis();
         let mut found: BTreeMap<usize, Found> = BTreeMap::new();
-        let mut records = Vec::new();
+        let mut records = record::Batch::default();
         for (a, li, tier, reason) in &matches {
             let l = &links[*li];
             let (outcome, detail) = decided
@@ -329,7 +329,6 @@ impl Stage {
                 detail: detail.clone(),
             };
             on_line(&line);
-            report.lines.push(line);
             report.matches[usize::from(*tier - 1)] += 1;
             *report.outcomes.entry(outcome).or_default() += 1;
             let r = Record {
@@ -352,11 +351,11 @@ impl Stage {
             if !unchanged && !opts.dry_run {
                 self.shared.correlation.count_match(*tier);
                 self.shared.correlation.count_outcome(outcome);
-                records.push((r.id(), r.to_json()));
+                records.push(&self.settings.index, &r);
             }
         }
         if !opts.dry_run {
-            let n = record::write(&self.es, &self.settings.index, &records, self.timeout).await?;
+            let n = record::write(&self.es, records, self.timeout).await?;
             report.records += n;
             self.shared.correlation.records_written.add(n as u64);
         }

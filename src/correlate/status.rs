@@ -200,3 +200,43 @@ pub fn check(st: &CorrelationStatus, now: SystemTime) -> (u8, Option<String>, se
     }
     (0, None, details)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_source_down_is_degraded_and_idle_is_ok() {
+        let st = CorrelationStatus::default();
+        let now = SystemTime::now();
+        st.update(|s| {
+            s.state = "idle";
+            s.idle_reason = Some("no alert index".into());
+            s.interval = Duration::from_secs(30);
+            s.last_run = Some(now);
+            s.last_ok = Some(now);
+        });
+        let (level, msg, d) = check(&st, now);
+        assert_eq!((level, msg), (0, None));
+        assert_eq!(d["reason"], "no alert index");
+        st.update(|s| s.last_error = Some("reading alerts: HTTP 403".into()));
+        let (level, msg, _) = check(&st, now);
+        assert_eq!(level, 1, "degraded, never unhealthy");
+        assert!(msg.unwrap().contains("ALERT_API_KEY"));
+        st.update(|s| {
+            s.last_error = None;
+            s.state = "running";
+        });
+        let later = now + Duration::from_secs(600);
+        assert_eq!(check(&st, later).0, 1, "no pass for too long");
+        st.count_match(1);
+        st.count_outcome(Outcome::Applied);
+        st.set_action("close");
+        let mut m = String::new();
+        st.render_metrics(&mut m);
+        assert!(m.contains("caldera_sidecar_correlation_matches_total{tier=\"1\"} 1"));
+        assert!(m.contains(
+            "caldera_sidecar_correlation_actions_total{action=\"close\",result=\"applied\"} 1"
+        ));
+    }
+}
