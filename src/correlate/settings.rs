@@ -69,7 +69,7 @@ pub(crate) const KEYS: &[Key] = &[
     ),
     key(
         "CORRELATION_BATCH",
-        "1000",
+        "250",
         "links examined per batch of alert queries",
     ),
 ];
@@ -153,7 +153,7 @@ impl Default for CorrelationSettings {
             backend: Backend::Elasticsearch,
             index: "purple-team-detections".into(),
             interval: Duration::from_secs(30),
-            batch: 1000,
+            batch: 250,
         }
     }
 }
