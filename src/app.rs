@@ -60,8 +60,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // Built before the server: the enroll endpoint asks Caldera through it.
+    let client = Arc::new(
+        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
+    );
+    let enroll = crate::enroll::http::routes(Arc::new(crate::enroll::http::EnrollService::new(
+        client.clone(),
+        settings.enroll.clone(),
+        settings.documents.client_map.clone(),
+    )));
     let (health_addr, server) =
-        crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
+        crate::server::serve(&settings, shared.clone(), enroll, shutdown_rx.clone())
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.health_bind,
@@ -79,9 +88,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
-    let client = Arc::new(
-        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
-    );
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
@@ -89,6 +95,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         es.clone(),
         client.clone(),
         settings.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
+    let agents = tokio::spawn(crate::agents::watch::run(
+        client.clone(),
+        settings.agents.clone(),
+        settings.documents.client_map.clone(),
         shared.clone(),
         shutdown_rx.clone(),
     ));
@@ -118,7 +131,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shared,
         shutdown: shutdown_tx,
         tasks: {
-            let mut all = vec![w, s, t, probes];
+            let mut all = vec![w, s, t, probes, agents];
             all.extend(tasks);
             all.push(server);
             all

@@ -51,6 +51,34 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print ready-to-paste one-liners that start a Caldera (sandcat) agent in a client's group.
+    Enroll {
+        /// Client name (a Caldera group, or a client id of CLIENT_MAP).
+        #[arg(long)]
+        client: String,
+        /// windows, linux or darwin.
+        #[arg(long)]
+        platform: String,
+        /// psh or cmd (windows), sh (linux, darwin); default: every shell of the platform.
+        #[arg(long)]
+        executor: Option<String>,
+        /// Address the client's machines reach Caldera at (default: CALDERA_PUBLIC_URL).
+        #[arg(long)]
+        server: Option<String>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// List each client's Caldera agents and whether they are alive; exit 1 when the named
+    /// client has no live agent.
+    Agents {
+        /// Only this client (client id of CLIENT_MAP, or Caldera group).
+        #[arg(long)]
+        client: Option<String>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +114,31 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Enroll {
+            client,
+            platform,
+            executor,
+            server,
+            format,
+        } => {
+            let args = caldera_sidecar::enroll::cli::Args {
+                client,
+                platform,
+                executor,
+                server,
+                format,
+            };
+            match runtime() {
+                Ok(rt) => rt.block_on(caldera_sidecar::enroll::cli::run(&settings, args)),
+                Err(code) => code,
+            }
+        }
+        Command::Agents { client, format } => match runtime() {
+            Ok(rt) => rt.block_on(caldera_sidecar::agents::cli::run(
+                &settings, client, &format,
+            )),
+            Err(code) => code,
+        },
         Command::Correlate { operation, dry_run } => {
             telemetry::init(settings.log_format, "warn");
             match runtime() {

@@ -163,6 +163,23 @@ pub struct ElasticStatus {
     pub last_ok_write: Option<SystemTime>,
 }
 
+/// One client's Caldera agents (see `agents`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientAgents {
+    pub live: u64,
+    pub total: u64,
+}
+
+/// The background read of Caldera's agents, as health and metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct AgentsStatus {
+    /// `None` while the background read is off (`AGENTS_POLL_INTERVAL=0`).
+    pub interval: Option<std::time::Duration>,
+    pub clients: std::collections::BTreeMap<String, ClientAgents>,
+    pub last_ok_read: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Shared {
     pub started: Instant,
@@ -171,6 +188,7 @@ pub struct Shared {
     pub elastic: Mutex<ElasticStatus>,
     pub breaker: Mutex<BreakerStatus>,
     pub spool: Mutex<SpoolStatus>,
+    pub agents: Mutex<AgentsStatus>,
     pub correlation: crate::correlate::status::CorrelationStatus,
 }
 
@@ -183,6 +201,7 @@ impl Default for Shared {
             elastic: Mutex::new(ElasticStatus::default()),
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
+            agents: Mutex::new(AgentsStatus::default()),
             correlation: Default::default(),
         }
     }
@@ -205,6 +224,16 @@ impl Shared {
     pub fn spool(&self, f: impl FnOnce(&mut SpoolStatus)) {
         let mut g = self.spool.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
+    }
+    pub fn agents(&self, f: impl FnOnce(&mut AgentsStatus)) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    pub fn agents_status(&self) -> AgentsStatus {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn breaker_status(&self) -> BreakerStatus {
         self.breaker

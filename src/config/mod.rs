@@ -107,6 +107,8 @@ pub struct Settings {
     pub report_output_dir: PathBuf,
     pub company_name: String,
     pub logo_path: Option<PathBuf>,
+    pub enroll: crate::enroll::EnrollSettings,
+    pub agents: crate::agents::AgentsSettings,
     pub correlation: crate::correlate::CorrelationSettings,
 }
 
@@ -370,6 +372,8 @@ impl Layered {
                 1 << 20,
             )? as usize,
         };
+        let enroll = crate::enroll::EnrollSettings::from_layered(self)?;
+        let agents = crate::agents::AgentsSettings::from_layered(self, &auth)?;
         Ok(Settings {
             caldera: CalderaSettings {
                 url: caldera_url,
@@ -427,6 +431,8 @@ impl Layered {
             report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
             company_name: self.get("COMPANY_NAME").to_string(),
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            enroll,
+            agents,
             correlation: crate::correlate::settings::parse(self)?,
         })
     }

@@ -330,6 +330,34 @@ pub fn render(shared: &Shared, host: &HostSnapshot, level: Level) -> String {
         );
     }
 
+    let agents = shared.agents_status();
+    if agents.interval.is_some() {
+        o.family(
+            "agents_live",
+            "gauge",
+            "Caldera agents alive per client (Caldera's rule: last seen within sleep_max + untrusted_timer).",
+        );
+        for (client, n) in &agents.clients {
+            o.sample(
+                "agents_live",
+                &format!("client=\"{}\"", label(client)),
+                n.live as f64,
+            );
+        }
+        o.family(
+            "agents",
+            "gauge",
+            "Caldera agents known per client, alive or not.",
+        );
+        for (client, n) in &agents.clients {
+            o.sample(
+                "agents",
+                &format!("client=\"{}\"", label(client)),
+                n.total as f64,
+            );
+        }
+    }
+
     o.histogram(
         "poll_seconds",
         "Duration of one Caldera poll (listing plus the fetches it led to).",

@@ -23,6 +23,10 @@
 //!   the red key) and, while it is being verified, every other request waits
 //!   (disable with [`CalderaStub::set_single_event_loop`]). A login with an existing
 //!   user pays half of it (one argon2 verify instead of two).
+//! * `GET /api/v2/agents`: each agent's `status` is computed at read time like Caldera's
+//!   `Agent.status` ([`agent_status`]); `GET /api/v2/deploy_commands` serves the recording
+//!   (no querystring schema), and `GET /api/v2/config/agents` its `agents.*` keys (what
+//!   Caldera's `get_filtered_config('agents')` returns; other config names 404, `main` 501).
 //! * JSON bodies: `application/json; charset=utf-8`. Note: this crate's serde_json has no
 //!   `preserve_order`, so keys in stub responses come out sorted, not in Caldera's order.
 //! * Routes of Caldera's v2 API that this stub does not model (POST/PATCH/DELETE
@@ -87,6 +91,10 @@ pub enum RouteKind {
     EventLogs,
     /// `GET /api/v2/agents`
     Agents,
+    /// `GET /api/v2/deploy_commands`
+    DeployCommands,
+    /// `GET /api/v2/config/{name}`
+    Config,
     /// Anything else (UI pages, `/logout`, unmodelled / unknown routes, wrong methods).
     Other,
 }
@@ -154,6 +162,7 @@ struct StubState {
     link_results: HashMap<String, String>,
     health: Value,
     agents: Value,
+    deploy_commands: Value,
     faults: Vec<FaultEntry>,
     records: Vec<(u64, RequestRecord)>,
     next_record: u64,
@@ -204,6 +213,7 @@ impl CalderaStub {
             link_results,
             health: scenarios::fixture("health.json"),
             agents: scenarios::fixture("agents.json"),
+            deploy_commands: scenarios::fixture("deploy_commands.json"),
             faults: Vec::new(),
             records: Vec::new(),
             next_record: 0,
@@ -342,8 +352,15 @@ impl CalderaStub {
     }
 
     /// Replace the `GET /api/v2/agents` body (default `agents.json`; must be an array).
+    /// Each agent's `status` is computed on every read, as Caldera does (see [`agent_status`]).
     pub fn set_agents(&self, agents: Value) {
         self.shared.lock().agents = agents;
+    }
+
+    /// Replace the `GET /api/v2/deploy_commands` body (default `deploy_commands.json`). Its
+    /// `agents.*` keys are also what `GET /api/v2/config/agents` answers.
+    pub fn set_deploy_commands(&self, body: Value) {
+        self.shared.lock().deploy_commands = body;
     }
 
     // ---- faults -----------------------------------------------------------
@@ -515,6 +532,8 @@ enum V2Route {
     Report(String),
     EventLogs(String),
     Agents,
+    DeployCommands,
+    Config(String),
 }
 
 #[derive(Clone, Debug)]
@@ -727,6 +746,15 @@ fn classify(method: &Method, path: &str) -> (RouteKind, Action) {
             ("GET", "/agents") => (
                 RouteKind::Agents,
                 Action::V2(V2Route::Agents, QuerySchema::All),
+            ),
+            // No querystring schema on these two handlers in Caldera.
+            ("GET", "/deploy_commands") => (
+                RouteKind::DeployCommands,
+                Action::V2(V2Route::DeployCommands, QuerySchema::Free),
+            ),
+            ("GET", "/config/{name}") => (
+                RouteKind::Config,
+                Action::V2(V2Route::Config(p0()), QuerySchema::Free),
             ),
             _ => (RouteKind::Other, Action::V2NotModelled),
         };
@@ -1002,6 +1030,35 @@ async fn process(
     }
 }
 
+/// `agents.untrusted_timer` from the deploy commands' `app_config` (Caldera's default 90).
+fn untrusted_timer(deploy_commands: &Value) -> u64 {
+    deploy_commands["app_config"]["agents.untrusted_timer"]
+        .as_u64()
+        .unwrap_or(90)
+}
+
+/// Caldera's `Agent.status` (`app/objects/c_agent.py`), computed when the agent is dumped:
+/// `dead` once `last_seen` is more than `sleep_max + untrusted_timer` seconds old, else
+/// `alive`; an agent marked for stop (here: stored as `pending kill`) stays so until expired.
+pub fn agent_status(agent: &Value, now: SystemTime, untrusted_timer: u64) -> &'static str {
+    let seen = agent["last_seen"].as_str().and_then(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    });
+    let expired = match seen {
+        Some(t) => {
+            let since = time::OffsetDateTime::from(now) - t;
+            since.as_seconds_f64()
+                > (agent["sleep_max"].as_i64().unwrap_or(60) as f64) + untrusted_timer as f64
+        }
+        None => true,
+    };
+    match (agent["status"].as_str(), expired) {
+        (_, true) => "dead",
+        (Some("pending kill"), false) => "pending kill",
+        _ => "alive",
+    }
+}
+
 /// Caldera's `is_request_authenticated`: KEY first (argon2, on the event loop), then session.
 async fn authenticate(shared: &Shared, key: Option<String>, cookie: Option<String>) -> bool {
     let delay = shared.lock().key_delay;
@@ -1142,10 +1199,48 @@ fn v2(shared: &Shared, route: V2Route, ctx: &Ctx) -> Response {
     match route {
         V2Route::Health => json_resp(200, &st.health),
         V2Route::Agents => {
-            let agents = st.agents.as_array().cloned().unwrap_or_default();
+            let timer = untrusted_timer(&st.deploy_commands);
+            let now = SystemTime::now();
+            let agents = st
+                .agents
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut a| {
+                    let status = agent_status(&a, now, timer);
+                    a["status"] = json!(status);
+                    a
+                })
+                .collect();
             drop(st);
             list_objects(agents, &ctx.query)
         }
+        V2Route::DeployCommands => json_resp(200, &st.deploy_commands),
+        // `get_filtered_config(name)`: the agents config is what deploy_commands echoes under
+        // `agents.*`; `main` is not modelled; any other name is Caldera's 404.
+        V2Route::Config(name) => match name.as_str() {
+            "agents" => {
+                let cfg: serde_json::Map<String, Value> = st.deploy_commands["app_config"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| {
+                                k.strip_prefix("agents.")
+                                    .map(|k| (k.to_string(), v.clone()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json_resp(200, &Value::Object(cfg))
+            }
+            "main" => text(
+                501,
+                "caldera_stub: not modelled: GET /api/v2/config/main",
+                TEXT_CT,
+            ),
+            other => json_error(404, format!("Config not found: {other}")),
+        },
         V2Route::OperationsList => {
             let ops = st.operations.clone();
             drop(st);

@@ -200,6 +200,10 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             "pipeline",
             pipeline_check(&caldera, &shared.stats, cfg, uptime, now),
         ),
+        (
+            "agents",
+            crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
+        ),
         ("correlation", correlation_check(shared, now)),
     ];
     let level = checks
