@@ -622,3 +622,85 @@ async fn no_alert_index_idles_and_health_says_why() {
     assert!(c["reason"].as_str().unwrap().contains("ALERT_INDEX"), "{c}");
     app::stop(r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_alerts_are_found_while_the_link_waits() {
+    let s = setup("corr-late").await;
+    // Op A's second link: its only alerts are its own (the first one also has an attacker's
+    // `whoami` in its window, a tier-2 match).
+    let first = s.corpus.operations[0]["chain"][1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The link's alerts are not there yet: the rule has not run.
+    let late: Vec<Labelled> = s
+        .corpus
+        .alerts
+        .iter()
+        .filter(|a| a.cause.as_deref() == Some(first.as_str()) && !a.handled)
+        .cloned()
+        .collect();
+    assert!(!late.is_empty());
+    for a in &late {
+        reqwest::Client::new()
+            .delete(format!(
+                "{}/{}/_doc/{}?refresh=true",
+                search_url(),
+                s.alert_index,
+                a.id
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Four days after the recording, a week of ALERT_WAIT keeps every link waiting.
+    let r = app::start(&s.env(&[("ALERT_WAIT", "604800")])).await;
+    let idx = Search::new(&s.index);
+    let detection = |idx: &Search| {
+        let first = first.clone();
+        let idx = Search::new(&idx.index);
+        async move {
+            idx.hits(&format!("link_id:\"{first}\""))
+                .await
+                .first()
+                .map(|h| h["_source"]["detection"].clone())
+                .filter(|d| d.is_object())
+        }
+    };
+    let d = wait_for(WAIT, "link pending", || detection(&idx)).await;
+    assert_eq!(d["status"], "pending", "{d}");
+    assert_eq!(d["complete"], false);
+
+    // The rule runs late: the next pass finds the alert and acts on it.
+    for a in &late {
+        reqwest::Client::new()
+            .put(format!(
+                "{}/{}/_doc/{}?refresh=true",
+                search_url(),
+                s.alert_index,
+                a.id
+            ))
+            .json(&a.source)
+            .send()
+            .await
+            .unwrap();
+    }
+    let d = wait_for(WAIT, "link detected", || async {
+        detection(&idx).await.filter(|d| d["status"] == "detected")
+    })
+    .await;
+    assert_eq!(
+        d["alert_count"].as_u64().unwrap(),
+        late.iter().filter(|a| a.cause.is_some()).count() as u64
+    );
+    assert_eq!(
+        d["complete"], false,
+        "still waiting for more until ALERT_WAIT"
+    );
+    let tier1 = late.iter().find(|a| a.lineage).unwrap();
+    wait_for(WAIT, "late alert closed", || async {
+        (status(&s.alert(&tier1.id).await) == "closed").then_some(())
+    })
+    .await;
+    app::stop(r).await;
+}
