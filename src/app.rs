@@ -21,19 +21,36 @@ pub struct Running {
     pub health_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The sink's deadline: everything indexed or spooled by then.
+    sink_deadline: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`.
+    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`: the sink
+    /// stops sending at `limit` minus a reserve for spooling what is left (a quarter, at most
+    /// 5 s). True when every task ended in time and every document the sink received is
+    /// indexed or spooled.
     pub async fn shutdown(self, limit: Duration) -> bool {
+        let reserve = (limit / 4).min(Duration::from_secs(5));
+        let _ = self
+            .sink_deadline
+            .send(Some(tokio::time::Instant::now() + (limit - reserve)));
         let _ = self.shutdown.send(true);
         let all = async {
             for t in self.tasks {
                 let _ = t.await;
             }
         };
-        tokio::time::timeout(limit, all).await.is_ok()
+        let in_time = tokio::time::timeout(limit, all).await.is_ok();
+        let lost = self.shared.stats.documents_lost_at_stop.get();
+        if lost > 0 {
+            tracing::error!(
+                documents = lost,
+                "documents could be neither indexed nor spooled; Caldera still has them and the next start sends them"
+            );
+        }
+        in_time && lost == 0
     }
 
     /// Waits until the tasks end by themselves (they do not, unless shut down).
@@ -86,8 +103,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // never blocks intake (documents then wait in the sink).
     let known = prepare_index(&es, &index, &shared).await;
 
-    let sink =
+    let mut sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
+    let (sink_deadline, deadline_rx) = watch::channel(None);
+    sink.stop_by(deadline_rx);
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
@@ -130,6 +149,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         health_addr,
         shared,
         shutdown: shutdown_tx,
+        sink_deadline,
         tasks: {
             let mut all = vec![w, s, t, probes, agents];
             all.extend(tasks);

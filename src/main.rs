@@ -186,11 +186,14 @@ async fn run(settings: config::Settings) -> ExitCode {
     wait_for_signal().await;
     tracing::info!("shutting down: stopping intake, flushing documents");
     if running.shutdown(Duration::from_secs(30)).await {
-        tracing::info!("stopped cleanly");
+        tracing::info!("stopped cleanly: every document is indexed or spooled");
+        ExitCode::SUCCESS
     } else {
-        tracing::warn!("shutdown took longer than 30 s; exiting anyway");
+        tracing::error!(
+            "shutdown did not end cleanly within 30 s: documents in flight may be neither indexed nor spooled"
+        );
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
 }
 
 async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCode {
@@ -223,13 +226,14 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
     match res {
         Ok(s) => {
             println!(
-                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} not delivered, {} files deleted",
+                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} refused, {} not delivered, {} files deleted",
                 s.files,
                 s.elapsed.as_secs_f64(),
                 s.indexed,
                 s.already_present,
                 s.rejected.values().sum::<usize>(),
                 s.unreadable.len(),
+                s.refused.len(),
                 s.not_delivered,
                 s.deleted
             );
@@ -238,6 +242,12 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
             }
             for (p, why) in s.unreadable.iter().take(20) {
                 println!("  unreadable {}: {why}", p.display());
+            }
+            for (p, what) in &s.per_file {
+                println!("  {}: {what}", p.display());
+            }
+            for (p, why) in &s.refused {
+                println!("  refused {}: {why}", p.display());
             }
             if s.ok() {
                 ExitCode::SUCCESS

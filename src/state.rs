@@ -50,6 +50,8 @@ pub struct Stats {
     pub documents_replayed: Counter,
     pub documents_dead_lettered: Counter,
     pub spool_write_failures: Counter,
+    /// Documents the sink could neither index nor spool while stopping (exit code non-zero).
+    pub documents_lost_at_stop: Counter,
     /// Time of one Caldera poll (listing plus the fetches it led to).
     pub poll_seconds: Histogram,
     /// Time of one bulk request.
@@ -138,6 +140,8 @@ pub struct SpoolStatus {
     /// Spooling refused for lack of disk (DISK_CRITICAL_GB or SPOOL_MAX_MB reached).
     pub full: bool,
     pub last_error: Option<String>,
+    /// The last failure to write a dead letter (the refused documents stay in the spool).
+    pub dead_letter_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,5 @@
 //! Checks that the Caldera stub (tests/support/caldera_stub.rs) and the scenarios
-//! (tests/support/scenarios.rs) behave like the recordings in shared/fixtures/caldera.
+//! (tests/support/scenarios.rs) behave like the recordings in tests/fixtures/caldera.
 
 mod support;
 
@@ -585,10 +585,41 @@ async fn reports_and_event_logs_are_the_recorded_ones() {
             .iter()
             .all(|e| e.get("output").is_none())
     );
-    // D: nothing recorded → 404 unless put_report
+    // D: nothing recorded → built from the operation, as a real Caldera answers (it has a
+    // report and event logs for every operation), unless put_report.
     let d = scenarios::OP_D_ID;
+    let op_d = scenarios::op_d_finished();
     let r = post_key(&stub, &format!("/api/v2/operations/{d}/report"), json!({})).await;
-    assert_eq!(r.status(), 404);
+    let got = json_ok(r).await;
+    assert_eq!(got["name"], op_d["name"]);
+    assert_eq!(got["start"], op_d["start"]);
+    assert!(
+        got["finish"].is_string(),
+        "a finished operation has a finish: {got}"
+    );
+    let steps: usize = got["steps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|a| a["steps"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(steps, op_d["chain"].as_array().unwrap().len());
+    let r = post_key(
+        &stub,
+        &format!("/api/v2/operations/{d}/event-logs"),
+        json!({}),
+    )
+    .await;
+    let logs = json_ok(r).await;
+    assert_eq!(
+        logs.as_array().unwrap().len(),
+        op_d["chain"].as_array().unwrap().len()
+    );
+    assert!(logs[0]["pid"].is_i64() || logs[0]["pid"].is_null());
+    assert_eq!(
+        logs[0]["attack_metadata"]["technique_id"],
+        op_d["chain"][0]["ability"]["technique_id"]
+    );
     stub.put_report(d, json!({"name": "x"}));
     let r = post_key(&stub, &format!("/api/v2/operations/{d}/report"), json!({})).await;
     assert_eq!(json_ok(r).await, json!({"name": "x"}));

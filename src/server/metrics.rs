@@ -21,7 +21,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PREFIX: &str = "caldera_sidecar_";
 
 /// Counters of [`Stats`], by name, with their help text.
-fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 19] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 20] {
     [
         ("polls_ok", "Caldera polls completed.", &s.polls_ok),
         (
@@ -113,6 +113,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 19] {
             "spool_write_failures",
             "Failed writes to the spool.",
             &s.spool_write_failures,
+        ),
+        (
+            "documents_lost_at_stop",
+            "Documents neither indexed nor spooled when the daemon stopped.",
+            &s.documents_lost_at_stop,
         ),
     ]
 }

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! In-process stub of a MITRE Caldera 5.3.0 server (REST API v2 subset), for tests.
 //!
-//! Behaviour follows the recordings in `shared/fixtures/caldera` (README.md there) and
+//! Behaviour follows the recordings in `tests/fixtures/caldera` (README.md there) and
 //! Caldera's source (`app/api/v2/security.py`, `app/service/auth_svc.py`,
 //! `app/service/login_handlers/default.py`, `app/api/v2/handlers/*`, aiohttp_session):
 //!
@@ -1285,35 +1285,119 @@ fn v2(shared: &Shared, route: V2Route, ctx: &Ctx) -> Response {
             None => op_not_found(&id),
         },
         V2Route::Report(id) => {
-            if find_op(&id).is_none() {
+            let Some(op) = find_op(&id) else {
                 return op_not_found(&id);
-            }
+            };
             let body = st
                 .reports
                 .get(&id)
                 .cloned()
-                .or_else(|| recorded_report(&id));
+                .or_else(|| recorded_report(&id))
+                .or_else(|| Some(generated_report(&op)));
             match body {
                 Some(b) => json_resp(200, &b),
                 None => op_not_found(&id),
             }
         }
         V2Route::EventLogs(id) => {
-            if find_op(&id).is_none() {
+            let Some(op) = find_op(&id) else {
                 return op_not_found(&id);
-            }
+            };
             let output = enable_agent_output(&ctx.body);
             let body = st
                 .event_logs
                 .get(&id)
                 .cloned()
-                .or_else(|| recorded_event_logs(&id, output));
+                .or_else(|| recorded_event_logs(&id, output))
+                .or_else(|| Some(generated_event_logs(&op)));
             match body {
                 Some(b) => json_resp(200, &b),
                 None => op_not_found(&id),
             }
         }
     }
+}
+
+/// The report of an operation that was not recorded (a scenario built from the recordings), as
+/// a real Caldera answers it: the recorded report of A with this operation's `name`,
+/// `host_group`, `start` and `finish`, and its links as `steps` per agent. Caldera sets an
+/// operation's `finish` when it closes it and reports `null` before; the stub has no close
+/// time, so a closed operation's `finish` is its last link result (or its start).
+fn generated_report(op: &Value) -> Value {
+    let mut r = scenarios::fixture("operation_report.json");
+    let closed = matches!(
+        op["state"].as_str(),
+        Some("finished" | "out_of_time" | "cleanup")
+    );
+    let chain: &[Value] = op["chain"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let last = chain
+        .iter()
+        .filter_map(|l| l["finish"].as_str())
+        .max()
+        .or_else(|| op["start"].as_str());
+    let mut steps = serde_json::Map::new();
+    for l in chain {
+        let paw = l["paw"].as_str().unwrap_or_default().to_string();
+        let entry = steps.entry(paw).or_insert_with(|| json!({"steps": []}));
+        if let Some(a) = entry["steps"].as_array_mut() {
+            a.push(json!({
+                "link_id": l["id"], "ability_id": l["ability"]["ability_id"], "command": l["command"],
+                "plaintext_command": l["plaintext_command"], "delegated": l["decide"], "run": l["finish"],
+                "status": l["status"], "platform": l["executor"]["platform"], "executor": l["executor"]["name"],
+                "pid": l["pid"], "description": l["ability"]["description"], "name": l["ability"]["name"],
+                "attack": {"tactic": l["ability"]["tactic"], "technique_name": l["ability"]["technique_name"],
+                           "technique_id": l["ability"]["technique_id"]},
+            }));
+        }
+    }
+    r["name"] = op["name"].clone();
+    r["host_group"] = op["host_group"].clone();
+    r["start"] = op["start"].clone();
+    r["finish"] = if closed { json!(last) } else { Value::Null };
+    r["steps"] = Value::Object(steps);
+    r
+}
+
+/// The event logs of an operation that was not recorded, built from its links the way Caldera
+/// builds them (one entry per link, cleanup links included, discarded ones left out; `pid` an
+/// integer here where the REST link has a string; agent metadata from the operation's agent).
+fn generated_event_logs(op: &Value) -> Value {
+    let chain: &[Value] = op["chain"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let agents: &[Value] = op["host_group"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let entries: Vec<Value> = chain
+        .iter()
+        .filter(|l| l["status"] != -2)
+        .map(|l| {
+            let agent = agents.iter().find(|a| a["paw"] == l["paw"]);
+            let mut e = json!({
+                "command": l["command"], "plaintext_command": l["plaintext_command"],
+                "delegated_timestamp": l["decide"], "collected_timestamp": l["collect"],
+                "finished_timestamp": l["finish"], "status": l["status"],
+                "platform": l["executor"]["platform"], "executor": l["executor"]["name"],
+                "pid": l["pid"].as_str().and_then(|p| p.parse::<i64>().ok()),
+                "agent_metadata": agent.map(|a| json!({
+                    "paw": a["paw"], "group": a["group"], "architecture": a["architecture"],
+                    "username": a["username"], "location": a["location"], "pid": a["pid"],
+                    "ppid": a["ppid"], "privilege": a["privilege"], "host": a["host"],
+                    "contact": a["contact"], "created": a["created"],
+                })),
+                "ability_metadata": {"ability_id": l["ability"]["ability_id"],
+                    "ability_name": l["ability"]["name"], "ability_description": l["ability"]["description"]},
+                "operation_metadata": {"operation_name": op["name"], "operation_start": op["start"],
+                    "operation_adversary": op["adversary"]["name"]},
+                "attack_metadata": {"tactic": l["ability"]["tactic"],
+                    "technique_name": l["ability"]["technique_name"], "technique_id": l["ability"]["technique_id"]},
+            });
+            if l["agent_reported_time"].is_string() {
+                e["agent_reported_time"] = l["agent_reported_time"].clone();
+            }
+            e
+        })
+        .collect();
+    Value::Array(entries)
 }
 
 /// Recorded `POST …/report` bodies by op id (README table).
