@@ -159,6 +159,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     );
 
     let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
+    let mut stages = Vec::new();
+    if settings.correlation.enabled {
+        let stage =
+            crate::correlate::Stage::new(&settings, shared.clone()).map_err(StartError::Client)?;
+        stages.push(sup.spawn("correlation", stage.run(shutdown_rx.clone())));
+    } else {
+        shared.correlation.update(|c| c.state = "disabled");
+    }
     let s = sup.spawn("sink", sink.run(doc_rx));
     let t = sup.spawn(
         "template",
@@ -176,7 +184,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shared,
         shutdown: shutdown_tx,
         sink_deadline,
-        tasks: vec![w, s, t, probes, agents, server],
+        tasks: {
+            let mut all = vec![w, s, t, probes, agents];
+            all.extend(stages);
+            all.push(server);
+            all
+        },
         failures: sup.failures(),
     })
 }

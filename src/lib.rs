@@ -12,6 +12,7 @@ pub mod agents;
 pub mod app;
 pub mod caldera;
 pub mod config;
+pub mod correlate;
 pub mod document;
 pub mod enroll;
 pub mod memory;

@@ -41,6 +41,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Find the SIEM alerts that links caused: print per alert the link, tier, reason and
+    /// action; act on the certain ones unless --dry-run.
+    Correlate {
+        /// Only this operation's links (all of them, even those already settled).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print ready-to-paste one-liners that start a Caldera (sandcat) agent in a client's group.
     Enroll {
         /// Client name (a Caldera group, or a client id of CLIENT_MAP).
@@ -129,6 +139,15 @@ fn main() -> ExitCode {
             )),
             Err(code) => code,
         },
+        Command::Correlate { operation, dry_run } => {
+            telemetry::init(settings.log_format, "warn");
+            match runtime() {
+                Ok(rt) => rt.block_on(caldera_sidecar::correlate::cli::run(
+                    settings, operation, dry_run,
+                )),
+                Err(code) => code,
+            }
+        }
         Command::Run => {
             telemetry::init(settings.log_format, &settings.log_level);
             match runtime() {

@@ -196,6 +196,7 @@ pub struct Shared {
     /// `/livez` fails, and the process exits non-zero so its supervisor restarts it.
     pub fatal: Mutex<Option<String>>,
     pub agents: Mutex<AgentsStatus>,
+    pub correlation: crate::correlate::status::CorrelationStatus,
 }
 
 impl Default for Shared {
@@ -209,6 +210,7 @@ impl Default for Shared {
             spool: Mutex::new(SpoolStatus::default()),
             fatal: Mutex::new(None),
             agents: Mutex::new(AgentsStatus::default()),
+            correlation: Default::default(),
         }
     }
 }

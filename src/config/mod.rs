@@ -117,6 +117,7 @@ pub struct Settings {
     pub logo_path: Option<PathBuf>,
     pub enroll: crate::enroll::EnrollSettings,
     pub agents: crate::agents::AgentsSettings,
+    pub correlation: crate::correlate::CorrelationSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -458,6 +459,7 @@ impl Layered {
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
             enroll,
             agents,
+            correlation: crate::correlate::settings::parse(self)?,
         })
     }
 }

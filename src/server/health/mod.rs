@@ -205,6 +205,7 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             "agents",
             crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
         ),
+        ("correlation", correlation_check(shared, now)),
     ];
     let level = checks
         .iter()
@@ -229,6 +230,16 @@ fn stage_failure(c: &mut Check, fatal: Option<String>) {
             format!("{why}: the process exits with code 1 so that systemd (Restart=on-failure) starts it again; see the log"),
         );
     }
+}
+
+/// The correlation stage's check, from its own status (see `correlate::status`).
+fn correlation_check(shared: &Shared, now: SystemTime) -> Check {
+    let (level, message, details) = crate::correlate::status::check(&shared.correlation, now);
+    let mut c = Check::new(details);
+    if let (1, Some(m)) = (level, message) {
+        c.raise(Level::Degraded, m);
+    }
+    c
 }
 
 fn age(now: SystemTime, t: Option<SystemTime>) -> Option<Duration> {
