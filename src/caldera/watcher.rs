@@ -468,6 +468,9 @@ impl Watcher {
                 return Ok(());
             }
         };
+        if self.settings.output.include {
+            super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
+        }
         t.content = Some((fingerprint, built.all_links_done));
         if built.all_links_done {
             let since = *t.done_since.get_or_insert(now);
