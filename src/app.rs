@@ -102,6 +102,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         unsaved_rx,
     );
 
+    let mut tasks = Vec::new();
+    if settings.reports.enabled {
+        let writer = crate::report::daemon::Writer {
+            es: es.clone(),
+            index: index.clone(),
+            settings: settings.reports.clone(),
+            interval: settings.caldera.idle_interval,
+        };
+        tasks.push(tokio::spawn(writer.run(shutdown_rx.clone())));
+    }
     let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
     let s = tokio::spawn(sink.run(doc_rx));
     let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
@@ -109,7 +119,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: vec![w, s, t, probes, server],
+        tasks: [w, s, t, probes]
+            .into_iter()
+            .chain(tasks)
+            .chain([server])
+            .collect(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod caldera;
 pub mod config;
 pub mod document;
 pub mod memory;
+pub mod report;
 pub mod server;
 pub mod sink;
 pub mod state;

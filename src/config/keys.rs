@@ -185,17 +185,14 @@ const KEYS: &[Key] = &[
         "2048",
         "truncate commands to this many characters",
     ),
-    key(
-        "REPORT_OUTPUT_DIR",
-        "reports",
-        "where PDF reports go (later)",
-    ),
-    key("COMPANY_NAME", "", "report branding (later)"),
-    key("LOGO_PATH", "", "report branding (later)"),
 ];
 
 /// Every key table: the core one, then each capability's.
-pub(crate) const TABLES: &[&[Key]] = &[KEYS];
+pub(crate) const TABLES: &[&[Key]] = &[
+    KEYS,
+    crate::caldera::output::KEYS,
+    crate::report::settings::KEYS,
+];
 
 /// All keys, in table order.
 pub(crate) fn all() -> impl Iterator<Item = &'static Key> {

@@ -50,6 +50,8 @@ pub struct CalderaSettings {
     pub idle_interval: Duration,
     pub settle_grace: Duration,
     pub settle_window: Duration,
+    /// `INCLUDE_OUTPUT`: fetch finished links' output into their documents.
+    pub output: crate::caldera::output::OutputSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -104,9 +106,7 @@ pub struct Settings {
     pub thresholds: Thresholds,
     pub api: ApiSettings,
     pub documents: DocSettings,
-    pub report_output_dir: PathBuf,
-    pub company_name: String,
-    pub logo_path: Option<PathBuf>,
+    pub reports: crate::report::settings::ReportSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -192,6 +192,13 @@ impl Layered {
     /// The raw value of a key, trimmed (a capability's settings parse their own keys from it).
     pub(crate) fn get(&self, k: &str) -> &str {
         self.values.get(k).map(|(v, _)| v.trim()).unwrap_or("")
+    }
+
+    /// Whether a key was given by a layer (not its built-in default): aliases need it.
+    pub(crate) fn is_set(&self, k: &str) -> bool {
+        self.values
+            .get(k)
+            .is_some_and(|(_, src)| *src != Source::Default)
     }
 
     /// The raw value, or `None` when empty.
@@ -378,6 +385,7 @@ impl Layered {
                 idle_interval,
                 settle_grace: secs_allow_zero("SETTLE_GRACE", self.get("SETTLE_GRACE"))?,
                 settle_window: secs_allow_zero("SETTLE_WINDOW", self.get("SETTLE_WINDOW"))?,
+                output: crate::caldera::output::OutputSettings::parse(self)?,
             },
             elastic: ElasticSettings {
                 urls,
@@ -423,9 +431,7 @@ impl Layered {
                 )? as u32,
             },
             documents,
-            report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
-            company_name: self.get("COMPANY_NAME").to_string(),
-            logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            reports: crate::report::settings::ReportSettings::parse(self)?,
         })
     }
 }

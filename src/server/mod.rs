@@ -3,6 +3,8 @@
 //! * `GET /api/v2/health` — overall `healthy` / `degraded` / `unhealthy` (HTTP 200 / 200 / 503)
 //!   with one check per dependency ([`health`]).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]).
+//! * `GET /api/v2/reports/<operation id>.pdf` and `….navigator.json` — the files in
+//!   `REPORT_DIR` ([`crate::report::http`]).
 //! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
 //!
 //! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
@@ -14,7 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,8 +54,22 @@ pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostRe
         )),
         key: auth::KeyCheck::from_settings(&settings.api).map(Arc::new),
     };
+    let reports = settings.reports.dir.clone();
+    let reports_nav = reports.clone();
     Router::new()
         .route("/api/v2/health", get(health_handler))
+        .route(
+            "/api/v2/reports/{file}",
+            get(move |Path(file): Path<String>| {
+                crate::report::http::serve_file(reports.clone(), file)
+            }),
+        )
+        .route(
+            "/api/v2/reports/{id}/navigator.json",
+            get(move |Path(id): Path<String>| {
+                crate::report::http::serve_navigator(reports_nav.clone(), id)
+            }),
+        )
         .route("/metrics", get(metrics_handler))
         .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
