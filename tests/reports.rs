@@ -80,6 +80,34 @@ fn pdf_raster_pages(pdf: &Path) -> usize {
         .count()
 }
 
+/// Every word stays inside the page's margins (1.6 cm = 45 pt, allowing a few points for glyph
+/// overhang): nothing runs off the paper or into the neighbouring column's margin.
+fn assert_words_inside_margins(pdf: &Path) {
+    let out = tool("pdftotext", &["-bbox", pdf.to_str().unwrap(), "-"]);
+    let html = String::from_utf8(out.stdout).unwrap();
+    let attr = |tag: &str, name: &str| -> f64 {
+        let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        let end = start + tag[start..].find('"').unwrap();
+        tag[start..end].parse().unwrap()
+    };
+    let mut width = 0.0;
+    let mut words = 0;
+    for tag in html.split('<').skip(1) {
+        if tag.starts_with("page ") {
+            width = attr(tag, "width");
+        } else if tag.starts_with("word ") {
+            words += 1;
+            let (x0, x1) = (attr(tag, "xMin"), attr(tag, "xMax"));
+            let word = tag.split('>').nth(1).unwrap_or("");
+            assert!(
+                x0 >= 40.0 && x1 <= width - 40.0,
+                "word {word:?} at x {x0}..{x1} leaves the margins of a {width} pt page"
+            );
+        }
+    }
+    assert!(words > 100, "{words} words");
+}
+
 /// `(width, height)` in points of every page.
 fn page_sizes(pdf: &Path) -> Vec<(f64, f64)> {
     let info = String::from_utf8(tool("pdfinfo", &[pdf.to_str().unwrap()]).stdout).unwrap();
@@ -321,30 +349,32 @@ async fn daemon_writes_reports_on_settle_and_serves_them() {
     );
 
     let text = pdf_text(&pdf_a);
-    assert!(text.contains("purple-discovery-red"), "{text}");
-    assert!(text.contains("Blue Fox Security") && text.contains("Confidential: ACME only"));
+    let flat = squash(&text);
+    assert!(flat.contains("purple-discovery-red"), "{text}");
+    assert!(flat.contains("Blue Fox Security") && flat.contains("Confidential: ACME only"));
     for id in technique_ids(&op_a_finished()) {
-        assert!(text.contains(&id), "{id} missing");
+        assert!(flat.contains(&id), "{id} missing");
     }
     assert!(
-        text.contains("Detection not assessed"),
+        flat.contains("Detection not assessed"),
         "no correlation data: {text}"
     );
-    let flat = squash(&text);
     assert!(flat.contains("Executions (links) 26"), "{flat}");
     assert!(flat.contains("success 26"), "results by status");
-    assert!(text.contains("whoami"), "command in the appendix");
+    assert!(flat.contains("whoami"), "command in the appendix");
     let pages = assert_pages_consistent(&pdf_a, &text);
+    assert_words_inside_margins(&pdf_a);
     assert!((5..=15).contains(&pages), "{pages} pages");
 
-    let text_b = pdf_text(&pdf_b);
+    let raw_b = pdf_text(&pdf_b);
+    let text_b = squash(&raw_b);
     assert!(text_b.contains("purple-pause-resume-red"));
     assert!(
         text_b.contains("Timeout reached, process killed"),
         "output in the appendix"
     );
     assert!(text_b.contains("timeout") && text_b.contains("error"));
-    assert_pages_consistent(&pdf_b, &text_b);
+    assert_pages_consistent(&pdf_b, &raw_b);
 
     // The endpoints: guarded like the others, only files of REPORT_DIR, by operation id.
     let base = format!("http://{}/api/v2/reports", r.health_addr);
@@ -537,6 +567,7 @@ async fn hostile_names_render_as_text() {
     );
 
     let pages = assert_pages_consistent(&pdf, &text);
+    assert_words_inside_margins(&pdf);
     // The same operation with plain names: the hostile one adds only what its long texts need.
     let plain_index = unique_index("reports-plain");
     plant(&plain_index, &op_a_finished(), |_, _| {}).await;

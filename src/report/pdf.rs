@@ -33,7 +33,7 @@ const FONTS: [&[u8]; 3] = [
 /// Lines of commands and output longer than this are wrapped for the page.
 const WRAP_AT: usize = 96;
 /// A run of this many characters without a space gets a break opportunity (zero-width space).
-const BREAK_RUN: usize = 40;
+const BREAK_RUN: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -137,7 +137,8 @@ fn breakable(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + s.len() / BREAK_RUN * 3);
     let mut run = 0;
     for c in s.chars() {
-        if c.is_whitespace() {
+        // Typst may break after white space, a hyphen or a slash already.
+        if c.is_whitespace() || c == '-' || c == '/' {
             run = 0;
         } else {
             run += 1;
@@ -174,6 +175,9 @@ fn fit_for_page(v: &mut serde_json::Value, key: Option<&str>) {
         serde_json::Value::String(s) => {
             *s = if matches!(key, Some("command" | "output")) {
                 wrapped(s)
+            } else if key == Some("id") {
+                // Ids (a UUID is 36 characters) stay whole so they can be copied and searched.
+                std::mem::take(s)
             } else {
                 breakable(s)
             }
@@ -315,11 +319,14 @@ mod tests {
 
     #[test]
     fn long_runs_get_break_opportunities() {
-        let s = "x".repeat(90);
+        let s = "x".repeat(50);
         let b = breakable(&s);
         assert_eq!(b.matches('\u{200B}').count(), 2);
         let uuid = "a249d6e7-9272-439e-93d1-124e2e915a1c";
-        assert_eq!(breakable(uuid), uuid, "ids stay whole");
+        let mut v = serde_json::json!({"operation": {"id": uuid, "name": uuid}});
+        fit_for_page(&mut v, None);
+        assert_eq!(v["operation"]["id"], uuid, "ids stay whole");
+        assert_ne!(v["operation"]["name"], uuid);
         assert_eq!(breakable("short words stay"), "short words stay");
         assert_eq!(wrapped(&"y".repeat(200)).lines().count(), 3);
     }
