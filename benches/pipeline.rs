@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- <scenario>... [--runs N] [--size N] [--seconds S] [--rate R] [--poll S]
-//! scenarios: latency cpu memory throughput health replay caldera-load all
+//! scenarios: latency cpu memory throughput health replay caldera-load report all
 //! ```
 //!
 //! Why a custom program and not criterion: most figures are properties of the whole daemon
@@ -43,6 +43,8 @@ mod latency;
 mod memory;
 #[path = "pipeline/replay.rs"]
 mod replay;
+#[path = "pipeline/report.rs"]
+mod report;
 #[path = "pipeline/throughput.rs"]
 mod throughput;
 
@@ -59,6 +61,7 @@ const SCENARIOS: &[&str] = &[
     "health",
     "replay",
     "caldera-load",
+    "report",
 ];
 
 fn usage() -> String {
@@ -133,6 +136,7 @@ async fn run_once(name: &str, ctx: &Ctx) -> Result<Figures, BenchError> {
         "health" => health::run(ctx).await,
         "replay" => replay::run(ctx).await,
         "caldera-load" => caldera_load::run(ctx).await,
+        "report" => report::run(ctx).await,
         other => Err(BenchError::Failed(format!("unknown scenario {other}"))),
     }
 }
@@ -146,6 +150,7 @@ fn targets(name: &str, ctx: &Ctx) -> Vec<Target> {
         "health" => health::targets(&ctx.opts),
         "replay" => replay::targets(),
         "caldera-load" => caldera_load::targets(),
+        "report" => report::targets(),
         _ => Vec::new(),
     }
 }

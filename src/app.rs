@@ -106,6 +106,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     if settings.reports.enabled {
         let writer = crate::report::daemon::Writer {
             es: es.clone(),
+            shared: shared.clone(),
             index: index.clone(),
             settings: settings.reports.clone(),
             interval: settings.caldera.idle_interval,

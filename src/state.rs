@@ -171,6 +171,8 @@ pub struct Shared {
     pub elastic: Mutex<ElasticStatus>,
     pub breaker: Mutex<BreakerStatus>,
     pub spool: Mutex<SpoolStatus>,
+    /// The report writer's last outcome (`crate::report::daemon`).
+    pub reports: Mutex<crate::report::daemon::ReportStatus>,
 }
 
 impl Default for Shared {
@@ -182,6 +184,7 @@ impl Default for Shared {
             elastic: Mutex::new(ElasticStatus::default()),
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
+            reports: Mutex::new(Default::default()),
         }
     }
 }

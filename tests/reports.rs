@@ -295,6 +295,17 @@ fn assert_valid_layer(layer: &Value, ids: &BTreeSet<String>) {
     }
 }
 
+/// With `REPORT_SAMPLE_DIR` set, the rendered reports are copied there (the README's sample).
+fn keep_sample(pdfs: &[(&Path, &str)]) {
+    if let Some(dir) = std::env::var_os("REPORT_SAMPLE_DIR") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        for (p, name) in pdfs {
+            std::fs::copy(p, dir.join(name)).unwrap();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +387,26 @@ async fn daemon_writes_reports_on_settle_and_serves_them() {
     assert!(text_b.contains("timeout") && text_b.contains("error"));
     assert_pages_consistent(&pdf_b, &raw_b);
 
+    // Health says what the writer did.
+    let health: Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v2/health", r.health_addr))
+        .header("X-API-Key", "report-key-123")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rc = &health["checks"]["reports"];
+    assert_eq!(rc["status"], "ok", "{rc}");
+    assert_eq!(rc["enabled"], true);
+    assert!(rc["written"].as_u64().unwrap() >= 2, "{rc}");
+
+    keep_sample(&[
+        (&pdf_a, "op-a-purple-discovery-red.pdf"),
+        (&pdf_b, "op-b-purple-pause-resume-red.pdf"),
+    ]);
+
     // The endpoints: guarded like the others, only files of REPORT_DIR, by operation id.
     let base = format!("http://{}/api/v2/reports", r.health_addr);
     let http = reqwest::Client::new();
@@ -434,6 +465,48 @@ async fn daemon_writes_reports_on_settle_and_serves_them() {
         );
     }
     assert_eq!(get("secret.pdf".into(), true).await.unwrap().status(), 400);
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+/// A report that cannot be rendered is logged and shown in health (degraded, with the
+/// reason); the daemon goes on indexing.
+#[tokio::test]
+async fn a_failed_report_shows_in_health() {
+    let stub = CalderaStub::start().await;
+    let index = unique_index("reports-failed");
+    let s = Search::new(&index);
+    let reports = tempfile::tempdir().unwrap();
+    stub.put_operation(op_c_empty_group());
+    let env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("REPORTS_ENABLED", "true"),
+            ("REPORT_DIR", reports.path().to_str().unwrap()),
+        ],
+    );
+    let mut settings = app::settings(&env);
+    settings.reports.renderer = Some("/nonexistent/renderer".into());
+    let r = caldera_sidecar::app::start(settings).await.unwrap();
+    let check = wait_for(
+        Duration::from_secs(60),
+        "reports check degraded",
+        || async {
+            let (_, h) = app::health(&r).await;
+            let c = h["checks"]["reports"].clone();
+            (c["status"] == "degraded").then_some(c)
+        },
+    )
+    .await;
+    let msg = check["message"].as_str().unwrap();
+    assert!(
+        msg.contains(OP_C_ID) && msg.contains("cannot start"),
+        "{msg}"
+    );
+    assert_eq!(check["failed"], 1);
+    assert!(!reports.path().join(format!("{OP_C_ID}.pdf")).exists());
+    assert!(s.operation(OP_C_ID).await.unwrap()["settled"] == true);
     app::stop(r).await;
     s.delete_index().await;
 }
@@ -505,6 +578,7 @@ async fn detection_figures_from_planted_documents() {
     assert!(!text.contains("Detection not assessed"));
     assert_pages_consistent(&pdf, &text);
 
+    keep_sample(&[(&pdf, "op-a-with-detection.pdf")]);
     let nav = dir.path().join("a.navigator.json");
     render(&index, OP_A_ID, &nav, "navigator", &[]);
     let layer: Value = serde_json::from_slice(&std::fs::read(&nav).unwrap()).unwrap();

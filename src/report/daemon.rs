@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use elasticsearch::Elasticsearch;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -24,12 +26,49 @@ use tokio::sync::watch;
 use super::settings::ReportSettings;
 use super::{Format, RenderJob, ReportError, build_from_index, navigator, write_atomically};
 use crate::document::types::OperationId;
+use crate::server::health::{Check, Level};
+use crate::state::Shared;
 
 /// Longest a PDF child may take before it is stopped (2,000 links take a few seconds).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What health shows about the report writer.
+#[derive(Debug, Clone, Default)]
+pub struct ReportStatus {
+    pub enabled: bool,
+    pub written: u64,
+    pub failed: u64,
+    /// The last failure, cleared by the next report written.
+    pub last_error: Option<String>,
+}
+
+/// `reports` in health: degraded while the last report could not be written.
+pub fn health_check(shared: &Shared) -> Check {
+    let st = shared
+        .reports
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut c = Check::new(serde_json::json!({
+        "enabled": st.enabled,
+        "written": st.written,
+        "failed": st.failed,
+        "last_error": st.last_error,
+    }));
+    if let Some(e) = &st.last_error {
+        c.raise(
+            Level::Degraded,
+            format!(
+                "the last report could not be written ({e}); it is tried again when the operation changes or the sidecar restarts, and `caldera-sidecar report <id>` makes it by hand"
+            ),
+        );
+    }
+    c
+}
+
 pub struct Writer {
     pub es: Elasticsearch,
+    pub shared: Arc<Shared>,
     pub index: String,
     pub settings: ReportSettings,
     pub interval: Duration,
@@ -114,8 +153,17 @@ impl Writer {
         Ok(path)
     }
 
+    fn record(&self, f: impl FnOnce(&mut ReportStatus)) {
+        f(&mut self
+            .shared
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()));
+    }
+
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.record(|s| s.enabled = true);
         let mut seen: Option<u64> = None;
         // Until the first scans have gone through every settled operation, a report that
         // exists is kept; afterwards every change is written again.
@@ -145,6 +193,16 @@ impl Writer {
                             r = self.write(&id) => r,
                             _ = shutdown.changed() => return,
                         };
+                        match &res {
+                            Ok(_) => self.record(|s| {
+                                s.written += 1;
+                                s.last_error = None;
+                            }),
+                            Err(e) => self.record(|s| {
+                                s.failed += 1;
+                                s.last_error = Some(format!("operation {id}: {e}"));
+                            }),
+                        }
                         match res {
                             Ok(path) => tracing::info!(
                                 operation = %id,

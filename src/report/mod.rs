@@ -14,6 +14,7 @@ pub mod index;
 pub mod model;
 pub mod navigator;
 pub mod pdf;
+pub mod read;
 pub mod settings;
 
 use std::path::{Path, PathBuf};
