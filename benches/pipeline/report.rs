@@ -50,6 +50,18 @@ pub async fn run(ctx: &Ctx) -> BenchResult<Figures> {
 
 /// Indexes a settled operation of `n` links (half with detection fields); returns its id.
 async fn plant(ctx: &Ctx, index: &str, n: usize) -> BenchResult<String> {
+    use caldera_sidecar::sink::template::{template_body, template_name};
+    // The index template the daemon installs (link_id a keyword, which the report sorts on).
+    http_client()
+        .put(format!(
+            "{}/_index_template/{}",
+            ctx.es.url,
+            template_name(index)
+        ))
+        .json(&template_body(index))
+        .send()
+        .await
+        .map_err(|e| format!("template: {e}"))?;
     let id = scenarios::new_uuid();
     let op = scenarios::op_many_links(&id, &format!("bench-report-{n}"), n);
     let raw = serde_json::to_vec(&op).map_err(|e| format!("op encodes: {e}"))?;

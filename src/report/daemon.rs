@@ -130,7 +130,6 @@ impl Writer {
         let report = build_from_index(&self.es, &self.index, id).await?;
         let layer = navigator::layer(&report, &self.settings.branding.name);
         let job = RenderJob::new(&report, &self.settings)?;
-        let links = report.summary.links;
         drop(report);
         let exe = renderer(&self.settings)
             .map_err(|e| ReportError::Other(format!("cannot find this executable: {e}")))?;
@@ -148,8 +147,9 @@ impl Writer {
         .await
         .map_err(|e| ReportError::Other(e.to_string()))?
         .map_err(|e| ReportError::Other(format!("cannot write the report: {e}")))?;
-        // The documents and the report data were transient: give the memory back.
-        crate::memory::transient_freed(links * 4096);
+        // The documents and the report data were transient: give the memory back now (reports
+        // are rare; the daemon then idles with what it had before).
+        crate::memory::release_free_memory();
         Ok(path)
     }
 

@@ -327,7 +327,11 @@ mod tests {
         assert_eq!(v["operation"]["id"], s.as_str(), "ids stay whole");
         assert_ne!(v["operation"]["name"], s.as_str());
         let uuid = "a249d6e7-9272-439e-93d1-124e2e915a1c";
-        assert_eq!(breakable(uuid), uuid, "Typst breaks after hyphens by itself");
+        assert_eq!(
+            breakable(uuid),
+            uuid,
+            "Typst breaks after hyphens by itself"
+        );
         assert_eq!(breakable("short words stay"), "short words stay");
         assert_eq!(wrapped(&"y".repeat(200)).lines().count(), 3);
     }
