@@ -21,24 +21,52 @@ pub struct Running {
     pub health_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The sink's deadline: everything indexed or spooled by then.
+    sink_deadline: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    failures: watch::Receiver<Option<String>>,
 }
 
 impl Running {
-    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`.
+    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`: the sink
+    /// stops sending at `limit` minus a reserve for spooling what is left (a quarter, at most
+    /// 5 s). True when every task ended in time and every document the sink received is
+    /// indexed or spooled.
     pub async fn shutdown(self, limit: Duration) -> bool {
+        let reserve = (limit / 4).min(Duration::from_secs(5));
+        let _ = self
+            .sink_deadline
+            .send(Some(tokio::time::Instant::now() + (limit - reserve)));
         let _ = self.shutdown.send(true);
         let all = async {
             for t in self.tasks {
                 let _ = t.await;
             }
         };
-        tokio::time::timeout(limit, all).await.is_ok()
+        let in_time = tokio::time::timeout(limit, all).await.is_ok();
+        let lost = self.shared.stats.documents_lost_at_stop.get();
+        if lost > 0 {
+            tracing::error!(
+                documents = lost,
+                "documents could be neither indexed nor spooled; Caldera still has them and the next start sends them"
+            );
+        }
+        in_time && lost == 0
     }
 
     /// Waits until the tasks end by themselves (they do not, unless shut down).
     pub fn trigger(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// Resolves when a stage died (see [`crate::supervise`]), with what happened. Health is
+    /// already unhealthy by then; the caller should shut down and exit non-zero.
+    pub async fn failed(&mut self) -> String {
+        match self.failures.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            // The supervisor is gone only when every stage is: wait for the signal instead.
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -59,9 +87,19 @@ pub enum StartError {
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sup = crate::supervise::Supervisor::new(shared.clone(), shutdown_rx.clone());
 
+    // Built before the server: the enroll endpoint asks Caldera through it.
+    let client = Arc::new(
+        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
+    );
+    let enroll = crate::enroll::http::routes(Arc::new(crate::enroll::http::EnrollService::new(
+        client.clone(),
+        settings.enroll.clone(),
+        settings.documents.client_map.clone(),
+    )));
     let (health_addr, server) =
-        crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
+        crate::server::serve(&settings, shared.clone(), enroll, shutdown_rx.clone())
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.health_bind,
@@ -77,21 +115,39 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // never blocks intake (documents then wait in the sink).
     let known = prepare_index(&es, &index, &shared).await;
 
-    let sink =
+    let mut sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
-    let client = Arc::new(
-        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
-    );
+    let (sink_deadline, deadline_rx) = watch::channel(None);
+    sink.stop_by(deadline_rx);
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
-    let probes = tokio::spawn(crate::server::probes::run(
-        es.clone(),
+    let probes = sup.spawn(
+        "probes",
+        crate::server::probes::run(
+            es.clone(),
+            client.clone(),
+            settings.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
+    let agents_run = crate::agents::watch::run(
         client.clone(),
-        settings.clone(),
+        settings.agents.clone(),
+        settings.documents.client_map.clone(),
         shared.clone(),
         shutdown_rx.clone(),
-    ));
+    );
+    let agents_off = settings.agents.interval.is_none();
+    let mut agents_shutdown = shutdown_rx.clone();
+    let agents = sup.spawn("agents", async move {
+        agents_run.await;
+        if agents_off {
+            // Switched off, it returns at once: that is not a dead stage.
+            let _ = agents_shutdown.wait_for(|v| *v).await;
+        }
+    });
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -111,20 +167,32 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             settings: settings.reports.clone(),
             interval: settings.caldera.idle_interval,
         };
-        tasks.push(tokio::spawn(writer.run(shutdown_rx.clone())));
+        tasks.push(sup.spawn("reports", writer.run(shutdown_rx.clone())));
     }
-    let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
-    let s = tokio::spawn(sink.run(doc_rx));
-    let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
+    let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
+    let s = sup.spawn("sink", sink.run(doc_rx));
+    let t = sup.spawn(
+        "template",
+        template_keeper(es, index, shared.clone(), shutdown_rx),
+    );
+    let server = sup.spawn("http", async move {
+        if let Err(e) = server.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
     Ok(Running {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: [w, s, t, probes]
+        sink_deadline,
+        tasks: [w, s, t, probes, agents]
             .into_iter()
             .chain(tasks)
             .chain([server])
             .collect(),
+        failures: sup.failures(),
     })
 }
 

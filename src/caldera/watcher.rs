@@ -292,8 +292,10 @@ impl Watcher {
             let in_window = !state.is_closed()
                 || t.closed_since
                     .is_none_or(|c| now.duration_since(c) < self.settings.settle_window);
-            active |= in_window;
+            active |= in_window || t.resend;
+            // `resend`: part of its documents is still to be built (a very large operation).
             let due = in_window
+                || t.resend
                 || t.last_fetch
                     .is_none_or(|f| now.duration_since(f) >= self.settings.idle_interval);
             if due {
@@ -472,7 +474,18 @@ impl Watcher {
             super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
         }
         t.content = Some((fingerprint, built.all_links_done));
-        if built.all_links_done {
+        if built.deferred > 0 {
+            // Too many changed links for one build: the rest comes with the next fetch (the next
+            // poll), so memory holds one piece, never the whole operation.
+            t.resend = true;
+            tracing::info!(
+                operation = %id,
+                built = built.links.len(),
+                remaining = built.deferred,
+                "large operation: its link documents are built in pieces, one per poll"
+            );
+        }
+        if built.all_links_done && built.deferred == 0 {
             let since = *t.done_since.get_or_insert(now);
             if now.duration_since(since) >= self.settings.settle_grace && finish_ready(t) {
                 built.operation.settled = true;

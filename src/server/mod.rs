@@ -3,15 +3,19 @@
 //! * `GET /api/v2/health` — overall `healthy` / `degraded` / `unhealthy` (HTTP 200 / 200 / 503)
 //!   with one check per dependency ([`health`]).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]).
+//! * `GET /livez` — `ok` while the process serves HTTP and every pipeline stage runs (503 once
+//!   one died); no details, no key, no rate limit.
+//! * `GET /api/v2/enroll` — agent enrollment one-liners (`crate::enroll::http`), merged in
+//!   by the caller through `extra`.
 //! * `GET /api/v2/reports/<operation id>.pdf` and `….navigator.json` — the files in
 //!   `REPORT_DIR` ([`crate::report::http`]).
-//! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
 //!
 //! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
 //! state those are in. All probing runs in the background ([`probes`]). Every endpoint but
 //! `/livez` goes through [`auth::guard`] (per-client rate limit, optional API key), which is
-//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`).
+//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`). Connections are
+//! accepted by [`listen`], which bounds their number and how long a slow client can hold one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use crate::state::Shared;
 
 pub mod auth;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod probes;
 pub mod status;
@@ -42,8 +47,14 @@ pub struct AppState {
     key: Option<Arc<auth::KeyCheck>>,
 }
 
-/// The routes, with the guard applied. `host` is filled by [`probes::sample_host`].
-pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostReadings>) -> Router {
+/// The routes, with the guard applied. `host` is filled by [`probes::sample_host`]; `extra`
+/// holds a capability's own routes (state already applied), guarded like the others.
+pub fn router(
+    settings: &Settings,
+    shared: Arc<Shared>,
+    host: Arc<probes::HostReadings>,
+    extra: Router,
+) -> Router {
     let state = AppState {
         shared,
         host,
@@ -71,14 +82,15 @@ pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostRe
             }),
         )
         .route("/metrics", get(metrics_handler))
-        .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
+        .route(auth::LIVENESS_PATH, get(livez_handler))
+        .with_state(state.clone())
+        .merge(extra)
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
         // caller cannot even learn which paths exist.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
         ))
-        .with_state(state)
 }
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -96,6 +108,14 @@ async fn health_handler(State(st): State<AppState>) -> Response {
         Json(report.to_json()),
     )
         .into_response()
+}
+
+/// `ok` while every pipeline stage runs; 503 once one died (the process is exiting then).
+async fn livez_handler(State(st): State<AppState>) -> Response {
+    match st.shared.fatal() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "pipeline stage died").into_response(),
+    }
 }
 
 async fn metrics_handler(State(st): State<AppState>) -> Response {
@@ -121,29 +141,21 @@ async fn metrics_handler(State(st): State<AppState>) -> Response {
 pub async fn serve(
     settings: &Settings,
     shared: Arc<Shared>,
+    extra: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(settings.health_bind).await?;
     let local = listener.local_addr()?;
     let host = Arc::new(probes::HostReadings::default());
-    let app = router(settings, shared, host.clone());
+    let app = router(settings, shared, host.clone(), extra);
     let sampler = tokio::spawn(probes::sample_host(
         settings.spool_dir.clone(),
         host,
         shutdown.clone(),
     ));
     let handle = tokio::spawn(async move {
-        let res = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "health server failed");
-        }
+        listen::serve(listener, app, shutdown.clone()).await;
+        let _ = shutdown.wait_for(|v| *v).await;
         let _ = sampler.await;
     });
     Ok((local, handle))

@@ -196,9 +196,14 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         ("dead_letters", dead_letter_check(&spool, &shared.stats)),
         ("memory", memory_check(host, &cfg.thresholds, now)),
         ("disk", disk_check(host, &cfg.thresholds, now)),
+        ("pipeline", {
+            let mut c = pipeline_check(&caldera, &shared.stats, cfg, uptime, now);
+            stage_failure(&mut c, shared.fatal());
+            c
+        }),
         (
-            "pipeline",
-            pipeline_check(&caldera, &shared.stats, cfg, uptime, now),
+            "agents",
+            crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
         ),
         ("reports", crate::report::daemon::health_check(shared)),
     ];
@@ -211,6 +216,19 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         level,
         uptime,
         checks,
+    }
+}
+
+/// A dead stage (see [`crate::supervise`]) makes the pipeline unhealthy: nothing is indexed any
+/// more, and the process is about to exit so that it is restarted.
+fn stage_failure(c: &mut Check, fatal: Option<String>) {
+    if let Some(why) = fatal {
+        c.details
+            .insert("stage_failure".into(), one_line(&why).into());
+        c.raise(
+            Level::Unhealthy,
+            format!("{why}: the process exits with code 1 so that systemd (Restart=on-failure) starts it again; see the log"),
+        );
     }
 }
 
