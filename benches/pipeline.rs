@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- <scenario>... [--runs N] [--size N] [--seconds S] [--rate R] [--poll S]
-//! scenarios: latency cpu memory throughput health replay caldera-load correlation all
+//! scenarios: latency cpu memory throughput health replay caldera-load correlation report all
 //! ```
 //!
 //! Why a custom program and not criterion: most figures are properties of the whole daemon
@@ -45,6 +45,8 @@ mod latency;
 mod memory;
 #[path = "pipeline/replay.rs"]
 mod replay;
+#[path = "pipeline/report.rs"]
+mod report;
 #[path = "pipeline/throughput.rs"]
 mod throughput;
 
@@ -62,6 +64,7 @@ const SCENARIOS: &[&str] = &[
     "replay",
     "caldera-load",
     "correlation",
+    "report",
 ];
 
 fn usage() -> String {
@@ -137,6 +140,7 @@ async fn run_once(name: &str, ctx: &Ctx) -> Result<Figures, BenchError> {
         "replay" => replay::run(ctx).await,
         "caldera-load" => caldera_load::run(ctx).await,
         "correlation" => correlation::run(ctx).await,
+        "report" => report::run(ctx).await,
         other => Err(BenchError::Failed(format!("unknown scenario {other}"))),
     }
 }
@@ -151,6 +155,7 @@ fn targets(name: &str, ctx: &Ctx) -> Vec<Target> {
         "replay" => replay::targets(),
         "caldera-load" => caldera_load::targets(),
         "correlation" => correlation::targets(),
+        "report" => report::targets(),
         _ => Vec::new(),
     }
 }

@@ -51,6 +51,8 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # tests/assets.rs checks the systemd unit with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# tests/reports.rs reads the rendered PDFs the way a reader would (pdftotext, pdftoppm).
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
 "${server[@]}" java-home >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()

@@ -158,8 +158,19 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         unsaved_rx,
     );
 
-    let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
+    // Optional stages, each supervised like the core ones.
     let mut stages = Vec::new();
+    if settings.reports.enabled {
+        let writer = crate::report::daemon::Writer {
+            es: es.clone(),
+            shared: shared.clone(),
+            index: index.clone(),
+            settings: settings.reports.clone(),
+            interval: settings.caldera.idle_interval,
+        };
+        stages.push(sup.spawn("reports", writer.run(shutdown_rx.clone())));
+    }
+    let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
     if settings.correlation.enabled {
         let stage =
             crate::correlate::Stage::new(&settings, shared.clone()).map_err(StartError::Client)?;

@@ -16,6 +16,7 @@ pub mod correlate;
 pub mod document;
 pub mod enroll;
 pub mod memory;
+pub mod report;
 pub mod server;
 pub mod sink;
 pub mod state;

@@ -79,6 +79,21 @@ enum Command {
         #[arg(long, default_value = "text")]
         format: String,
     },
+    /// Make a client report of one operation from the index: a PDF, an ATT&CK Navigator layer
+    /// or the report's data as JSON.
+    Report {
+        /// The Caldera operation id (a UUID).
+        operation_id: String,
+        /// Output file (default: <operation id>.pdf, .navigator.json or .json here; - for stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// pdf, navigator or json.
+        #[arg(long, default_value = "pdf")]
+        format: String,
+    },
+    /// Renders a PDF from a render job on stdin to stdout (the daemon's child process).
+    #[command(hide = true)]
+    RenderPdf,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +111,18 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::RenderPdf => render_pdf(),
+        Command::Report {
+            operation_id,
+            out,
+            format,
+        } => {
+            telemetry::init(settings.log_format, "warn");
+            match runtime() {
+                Ok(rt) => rt.block_on(report(settings, operation_id, out, format)),
+                Err(code) => code,
+            }
+        }
         Command::CheckConfig => {
             println!("configuration is valid; effective settings:");
             for line in layered.describe() {
@@ -271,6 +298,101 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
         }
         Err(e) => {
             eprintln!("replay stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `report`: 0 written, 1 not in the index or not rendered, 2 bad arguments.
+async fn report(
+    settings: config::Settings,
+    id: String,
+    out: Option<PathBuf>,
+    format: String,
+) -> ExitCode {
+    use caldera_sidecar::document::types::OperationId;
+    use caldera_sidecar::report::{self, Format};
+    let Some(format) = Format::parse(&format) else {
+        eprintln!("--format: {format:?} is not pdf, navigator or json");
+        return ExitCode::from(2);
+    };
+    let Ok(id) = OperationId::parse(&id) else {
+        eprintln!(
+            "{id:?} is not an operation id (a UUID such as a249d6e7-9272-439e-93d1-124e2e915a1c)"
+        );
+        return ExitCode::from(2);
+    };
+    let es = match caldera_sidecar::sink::elastic::build_client(&settings.elastic) {
+        Ok(es) => es,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let bytes = match report::build_from_index(&es, &settings.elastic.index, &id).await {
+        Ok(r) => report::produce(&r, format, &settings.reports),
+        Err(e) => Err(e),
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("report not made: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format.file_name(&id)));
+    let written = if out.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(&bytes)
+    } else {
+        std::fs::write(&out, &bytes)
+    };
+    match written {
+        Ok(()) => {
+            if out.as_os_str() != "-" {
+                eprintln!(
+                    "wrote {} ({} bytes) in {} ms",
+                    out.display(),
+                    bytes.len(),
+                    started.elapsed().as_millis()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The daemon's PDF child: a render job on stdin, the PDF on stdout.
+fn render_pdf() -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("cannot read the render job: {e}");
+        return ExitCode::FAILURE;
+    }
+    let job: caldera_sidecar::report::RenderJob = match serde_json::from_slice(&input) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("bad render job: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(input);
+    match job.render() {
+        Ok(pdf) => match std::io::stdout().write_all(&pdf) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cannot write the PDF: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -197,6 +197,8 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     pub agents: Mutex<AgentsStatus>,
     pub correlation: crate::correlate::status::CorrelationStatus,
+    /// The report writer's last outcome (`crate::report::daemon`).
+    pub reports: Mutex<crate::report::daemon::ReportStatus>,
 }
 
 impl Default for Shared {
@@ -211,6 +213,7 @@ impl Default for Shared {
             fatal: Mutex::new(None),
             agents: Mutex::new(AgentsStatus::default()),
             correlation: Default::default(),
+            reports: Mutex::new(Default::default()),
         }
     }
 }

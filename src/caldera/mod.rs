@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod model;
+pub mod output;
 pub mod watcher;
 
 /// The cheap listing: repeated `include` parameters (a comma list matches no key in Caldera).

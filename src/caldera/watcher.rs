@@ -470,6 +470,9 @@ impl Watcher {
                 return Ok(());
             }
         };
+        if self.settings.output.include {
+            super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
+        }
         t.content = Some((fingerprint, built.all_links_done));
         if built.deferred > 0 {
             // Too many changed links for one build: the rest comes with the next fetch (the next

@@ -200,13 +200,6 @@ const KEYS: &[Key] = &[
         "2048",
         "truncate commands to this many characters",
     ),
-    key(
-        "REPORT_OUTPUT_DIR",
-        "reports",
-        "where PDF reports go (later)",
-    ),
-    key("COMPANY_NAME", "", "report branding (later)"),
-    key("LOGO_PATH", "", "report branding (later)"),
 ];
 
 /// Every key table: the core one, then each capability's.
@@ -215,6 +208,8 @@ pub(crate) const TABLES: &[&[Key]] = &[
     crate::enroll::KEYS,
     crate::agents::KEYS,
     crate::correlate::settings::KEYS,
+    crate::caldera::output::KEYS,
+    crate::report::settings::KEYS,
 ];
 
 /// All keys, in table order.

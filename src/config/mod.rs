@@ -56,6 +56,8 @@ pub struct CalderaSettings {
     pub ca_cert: Option<CaBundle>,
     /// Largest answer read from Caldera, after decompression (`CALDERA_MAX_BODY_MB`).
     pub max_body_bytes: usize,
+    /// `INCLUDE_OUTPUT`: fetch finished links' output into their documents.
+    pub output: crate::caldera::output::OutputSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -112,9 +114,7 @@ pub struct Settings {
     pub thresholds: Thresholds,
     pub api: ApiSettings,
     pub documents: DocSettings,
-    pub report_output_dir: PathBuf,
-    pub company_name: String,
-    pub logo_path: Option<PathBuf>,
+    pub reports: crate::report::settings::ReportSettings,
     pub enroll: crate::enroll::EnrollSettings,
     pub agents: crate::agents::AgentsSettings,
     pub correlation: crate::correlate::CorrelationSettings,
@@ -203,6 +203,13 @@ impl Layered {
     /// The raw value of a key, trimmed (a capability's settings parse their own keys from it).
     pub(crate) fn get(&self, k: &str) -> &str {
         self.values.get(k).map(|(v, _)| v.trim()).unwrap_or("")
+    }
+
+    /// Whether a key was given by a layer (not its built-in default): aliases need it.
+    pub(crate) fn is_set(&self, k: &str) -> bool {
+        self.values
+            .get(k)
+            .is_some_and(|(_, src)| *src != Source::Default)
     }
 
     /// The raw value, or `None` when empty.
@@ -408,6 +415,7 @@ impl Layered {
                 settle_window: secs_allow_zero("SETTLE_WINDOW", self.get("SETTLE_WINDOW"))?,
                 ca_cert: ca_bundle("CALDERA_CA_CERT", self.get("CALDERA_CA_CERT"))?,
                 max_body_bytes: (caldera_max_mb * 1024.0 * 1024.0) as usize,
+                output: crate::caldera::output::OutputSettings::parse(self)?,
             },
             elastic: ElasticSettings {
                 urls,
@@ -454,9 +462,7 @@ impl Layered {
                 )? as u32,
             },
             documents,
-            report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
-            company_name: self.get("COMPANY_NAME").to_string(),
-            logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            reports: crate::report::settings::ReportSettings::parse(self)?,
             enroll,
             agents,
             correlation: crate::correlate::settings::parse(self)?,

@@ -256,6 +256,9 @@ pub struct LinkDoc {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<UserRef>,
     pub process: Process,
+    /// The link's output, only with `INCLUDE_OUTPUT=true` (see `caldera::output`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::caldera::output::LinkOutput>,
     pub event: Event,
     pub threat: Threat,
 }
@@ -563,6 +566,7 @@ fn build_limited(
                 pid: link.pid.as_ref().and_then(|p| p.as_i64()),
                 command_line: command,
             },
+            output: None,
         });
     }
 

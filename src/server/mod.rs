@@ -7,6 +7,8 @@
 //!   one died); no details, no key, no rate limit.
 //! * `GET /api/v2/enroll` — agent enrollment one-liners (`crate::enroll::http`), merged in
 //!   by the caller through `extra`.
+//! * `GET /api/v2/reports/<operation id>.pdf` and `….navigator.json` — the files in
+//!   `REPORT_DIR` ([`crate::report::http`]).
 //!
 //! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
@@ -18,7 +20,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -63,8 +65,22 @@ pub fn router(
         )),
         key: auth::KeyCheck::from_settings(&settings.api).map(Arc::new),
     };
+    let reports = settings.reports.dir.clone();
+    let reports_nav = reports.clone();
     Router::new()
         .route("/api/v2/health", get(health_handler))
+        .route(
+            "/api/v2/reports/{file}",
+            get(move |Path(file): Path<String>| {
+                crate::report::http::serve_file(reports.clone(), file)
+            }),
+        )
+        .route(
+            "/api/v2/reports/{id}/navigator.json",
+            get(move |Path(id): Path<String>| {
+                crate::report::http::serve_navigator(reports_nav.clone(), id)
+            }),
+        )
         .route("/metrics", get(metrics_handler))
         .route(auth::LIVENESS_PATH, get(livez_handler))
         .with_state(state.clone())

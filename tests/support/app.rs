@@ -47,10 +47,14 @@ pub fn settings(env: &[(String, String)]) -> Settings {
         config_file: Some("/dev/null".into()),
         env_file: Some("/dev/null".into()),
     };
-    Layered::load(&opts, env.iter().cloned())
+    let mut s = Layered::load(&opts, env.iter().cloned())
         .expect("layers")
         .settings()
-        .expect("valid test settings")
+        .expect("valid test settings");
+    // The daemon renders PDFs with its own executable; in a test that is the test binary, so
+    // point it at the real one.
+    s.reports.renderer = Some(env!("CARGO_BIN_EXE_caldera-sidecar").into());
+    s
 }
 
 pub async fn start(env: &[(String, String)]) -> Running {

@@ -122,7 +122,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(details: Value) -> Self {
+    pub(crate) fn new(details: Value) -> Self {
         let details = match details {
             Value::Object(m) => m,
             _ => Map::new(),
@@ -135,7 +135,7 @@ impl Check {
     }
 
     /// Raises the verdict; the message of the worst finding is kept.
-    fn raise(&mut self, level: Level, message: String) {
+    pub(crate) fn raise(&mut self, level: Level, message: String) {
         if level > self.level || (level == self.level && self.message.is_none()) {
             self.level = level;
             self.message = Some(one_line(&message));
@@ -206,6 +206,7 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
         ),
         ("correlation", correlation_check(shared, now)),
+        ("reports", crate::report::daemon::health_check(shared)),
     ];
     let level = checks
         .iter()
