@@ -171,6 +171,8 @@ pub struct Shared {
     pub elastic: Mutex<ElasticStatus>,
     pub breaker: Mutex<BreakerStatus>,
     pub spool: Mutex<SpoolStatus>,
+    /// Push endpoint counters, measured read costs and effective intervals.
+    pub intake: crate::caldera::intake::IntakeState,
 }
 
 impl Default for Shared {
@@ -182,6 +184,7 @@ impl Default for Shared {
             elastic: Mutex::new(ElasticStatus::default()),
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
+            intake: Default::default(),
         }
     }
 }

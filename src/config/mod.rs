@@ -104,6 +104,7 @@ pub struct Settings {
     pub thresholds: Thresholds,
     pub api: ApiSettings,
     pub documents: DocSettings,
+    pub intake: crate::caldera::intake::IntakeSettings,
     pub report_output_dir: PathBuf,
     pub company_name: String,
     pub logo_path: Option<PathBuf>,
@@ -369,7 +370,10 @@ impl Layered {
                 1 << 20,
             )? as usize,
         };
+        let spool_dir = path("SPOOL_DIR", self.get("SPOOL_DIR"))?;
+        let intake = crate::caldera::intake::IntakeSettings::from_layered(self, &spool_dir)?;
         Ok(Settings {
+            intake,
             caldera: CalderaSettings {
                 url: caldera_url,
                 auth,
@@ -403,7 +407,7 @@ impl Layered {
                     self.get("BREAKER_MAX_COOLDOWN"),
                 )?,
             },
-            spool_dir: path("SPOOL_DIR", self.get("SPOOL_DIR"))?,
+            spool_dir,
             dead_letter_dir: path("DEAD_LETTER_DIR", self.get("DEAD_LETTER_DIR"))?,
             spool_max_bytes: (float("SPOOL_MAX_MB", self.get("SPOOL_MAX_MB"))? * 1024.0 * 1024.0)
                 as u64,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::watch;
 
@@ -56,6 +56,7 @@ pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostRe
         .route("/api/v2/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
         .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
+        .route(crate::caldera::push::PATH, post(events_handler))
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
         // caller cannot even learn which paths exist.
         .layer(axum::middleware::from_fn_with_state(
@@ -80,6 +81,11 @@ async fn health_handler(State(st): State<AppState>) -> Response {
         Json(report.to_json()),
     )
         .into_response()
+}
+
+/// `POST /api/v2/events`: the Caldera plugin's pushed events ([`crate::caldera::push`]).
+async fn events_handler(State(st): State<AppState>, req: axum::extract::Request) -> Response {
+    crate::caldera::push::receive(&st.shared, req.into_body()).await
 }
 
 async fn metrics_handler(State(st): State<AppState>) -> Response {

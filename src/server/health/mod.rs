@@ -122,7 +122,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(details: Value) -> Self {
+    pub(crate) fn new(details: Value) -> Self {
         let details = match details {
             Value::Object(m) => m,
             _ => Map::new(),
@@ -135,7 +135,7 @@ impl Check {
     }
 
     /// Raises the verdict; the message of the worst finding is kept.
-    fn raise(&mut self, level: Level, message: String) {
+    pub(crate) fn raise(&mut self, level: Level, message: String) {
         if level > self.level || (level == self.level && self.message.is_none()) {
             self.level = level;
             self.message = Some(one_line(&message));
@@ -198,7 +198,11 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         ("disk", disk_check(host, &cfg.thresholds, now)),
         (
             "pipeline",
-            pipeline_check(&caldera, &shared.stats, cfg, uptime, now),
+            pipeline_check(&caldera, &shared.stats, &budgeted(cfg, shared), uptime, now),
+        ),
+        (
+            "intake",
+            crate::caldera::intake::intake_check(&shared.intake, now),
         ),
     ];
     let level = checks
@@ -210,6 +214,16 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         level,
         uptime,
         checks,
+    }
+}
+
+/// The poll bound, widened when the CPU budget (or push reconciliation) spaces the listing
+/// further than the configured intervals.
+fn budgeted(cfg: &HealthConfig, shared: &Shared) -> HealthConfig {
+    let listing = shared.intake.status().listing.effective;
+    HealthConfig {
+        poll_bound: cfg.poll_bound.max(listing * 3 + Duration::from_secs(10)),
+        ..cfg.clone()
     }
 }
 
