@@ -435,8 +435,15 @@ impl Watcher {
                 .is_none_or(|c| now.duration_since(c) < self.settings.settle_window);
             let all_done = t.content.is_some_and(|(_, done)| done);
             if push_live && all_done {
-                // Push reports late results: one look after the grace confirms the settle.
-                Some(t.done_since.unwrap_or(last) + self.settings.settle_grace)
+                // Push reports late results: one look after the grace confirms the settle. If
+                // that look could not settle it (no report `finish` yet), the next one waits
+                // an idle interval (the report is retried at that pace too).
+                let confirm = t.done_since.unwrap_or(last) + self.settings.settle_grace;
+                if last >= confirm {
+                    Some(last + self.settings.idle_interval)
+                } else {
+                    Some(confirm)
+                }
             } else if in_window {
                 Some(last + self.settings.poll_interval)
             } else {
@@ -522,6 +529,7 @@ impl Watcher {
         }
         let mut whole: Vec<OperationId> = Vec::new();
         let mut links: Vec<(OperationId, LinkId)> = Vec::new();
+        let mut seen_links: HashSet<(OperationId, LinkId)> = HashSet::new();
         for e in batch {
             match e {
                 PushEvent::State { operation, .. } | PushEvent::Completed { operation } => {
@@ -533,7 +541,7 @@ impl Watcher {
                     operation: Some(op),
                     link,
                 } => {
-                    if !links.iter().any(|(o, l)| *o == op && *l == link) {
+                    if seen_links.insert((op.clone(), link.clone())) {
                         links.push((op, link));
                     }
                 }
