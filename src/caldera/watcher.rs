@@ -507,8 +507,9 @@ impl Watcher {
     pub(super) fn spent_on_operation(&mut self, cost: Duration) {
         self.op_cost.observe(cost);
         self.op_fetches += 1;
-        self.fetch_pacer
-            .spent(Instant::now(), cost, self.settings.poll_interval);
+        // No floor here: the per-operation intervals are `due_at`'s; the pacer only keeps
+        // the stream of whole fetches within the active budget.
+        self.fetch_pacer.spent(Instant::now(), cost, Duration::ZERO);
     }
 
     pub(super) fn spent_on_link(&mut self, cost: Duration) {
@@ -527,6 +528,7 @@ impl Watcher {
                 Err(_) => break,
             }
         }
+        tracing::debug!(events = batch.len(), "pushed events");
         let mut whole: Vec<OperationId> = Vec::new();
         let mut links: Vec<(OperationId, LinkId)> = Vec::new();
         let mut seen_links: HashSet<(OperationId, LinkId)> = HashSet::new();
@@ -571,6 +573,7 @@ impl Watcher {
                     continue;
                 }
             }
+            tracing::debug!(operation = %op, link = %link, "pushed link result: fetching the link");
             match self.fetch_link(&op, &link).await {
                 Ok(true) => self.record_ok(),
                 Ok(false) => {
@@ -587,6 +590,7 @@ impl Watcher {
             }
         }
         for op in whole {
+            tracing::debug!(operation = %op, "pushed event: fetching the operation");
             let t = self.ops.entry(op.clone()).or_insert_with(|| {
                 // First seen through push (no event announces a new operation; its first link
                 // result does): the fetch fills in the listing's fields.
@@ -634,7 +638,7 @@ impl Watcher {
             cost: cost.get(),
             configured: floor,
             effective: pacer.map_or(floor, |p| p.last_wait.max(floor)),
-            stretched: pacer.is_some_and(|p| p.stretched),
+            stretched: pacer.is_some_and(|p| p.last_wait > floor),
             count,
         };
         let listing = read(
