@@ -364,13 +364,12 @@ async fn recorded_event_stream_becomes_documents() {
             {
                 closed.insert(p["op"].as_str().unwrap_or("").to_string());
             }
-            "link/completed" => {
+            "link/completed"
                 if map
                     .get(p["link_id"].as_str().unwrap_or(""))
-                    .is_some_and(|o| closed.contains(o))
-                {
-                    late += 1;
-                }
+                    .is_some_and(|o| closed.contains(o)) =>
+            {
+                late += 1;
             }
             _ => {}
         }
