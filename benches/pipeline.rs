@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- <scenario>... [--runs N] [--size N] [--seconds S] [--rate R] [--poll S]
-//! scenarios: latency cpu memory throughput health replay caldera-load all
+//! scenarios: latency cpu memory throughput health replay caldera-load intake all
 //! ```
 //!
 //! Why a custom program and not criterion: most figures are properties of the whole daemon
@@ -37,6 +37,8 @@ mod cpu;
 mod docs;
 #[path = "pipeline/health.rs"]
 mod health;
+#[path = "pipeline/intake.rs"]
+mod intake;
 #[path = "pipeline/latency.rs"]
 mod latency;
 #[path = "pipeline/memory.rs"]
@@ -59,6 +61,7 @@ const SCENARIOS: &[&str] = &[
     "health",
     "replay",
     "caldera-load",
+    "intake",
 ];
 
 fn usage() -> String {
@@ -133,6 +136,7 @@ async fn run_once(name: &str, ctx: &Ctx) -> Result<Figures, BenchError> {
         "health" => health::run(ctx).await,
         "replay" => replay::run(ctx).await,
         "caldera-load" => caldera_load::run(ctx).await,
+        "intake" => intake::run(ctx).await,
         other => Err(BenchError::Failed(format!("unknown scenario {other}"))),
     }
 }
@@ -146,6 +150,7 @@ fn targets(name: &str, ctx: &Ctx) -> Vec<Target> {
         "health" => health::targets(&ctx.opts),
         "replay" => replay::targets(),
         "caldera-load" => caldera_load::targets(),
+        "intake" => intake::targets(),
         _ => Vec::new(),
     }
 }
