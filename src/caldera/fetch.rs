@@ -127,6 +127,7 @@ impl Watcher {
         // operation got a late result: look at the whole operation again after the grace.
         t.content = None;
         t.done_since = None;
+        t.settling_doc = None;
         if t.last_body.as_ref().is_some_and(|l| l.state.is_closed()) {
             t.want_fetch = Some(Instant::now() + self.settings.settle_grace);
         }
@@ -139,6 +140,46 @@ impl Watcher {
         Ok(true)
     }
 
+    /// Settles an operation without asking Caldera, when push is live: it was closed with every
+    /// link done at its last fetch, the grace has passed since, and every change since would
+    /// have been pushed (a late link result or state change resets `settling_doc`) and no
+    /// event was reported lost meanwhile. Returns whether it settled.
+    pub(super) async fn settle_quietly(&mut self, id: &OperationId) -> bool {
+        let now = Instant::now();
+        let lost_at = self.lost_at();
+        let grace = self.settings.settle_grace;
+        let Some(t) = self.ops.get_mut(id) else {
+            return false;
+        };
+        let ready = t.settling_doc.is_some()
+            && finish_ready(t)
+            && t.done_since
+                .is_some_and(|d| now.duration_since(d) >= grace && lost_at.is_none_or(|l| l < d));
+        if !ready {
+            return false;
+        }
+        let Some(mut doc) = t.settling_doc.take() else {
+            return false;
+        };
+        doc.settled = true;
+        let doc_id = doc.event.id.clone();
+        let state = doc.status.as_str().to_string();
+        let mut out = Vec::with_capacity(1);
+        push_if_changed(&mut out, &mut t.sent, &*doc, doc_id, &self.clock);
+        t.settled = true;
+        t.sent = HashMap::new();
+        t.skeleton = None;
+        self.memory.settled(id.as_str(), &state, now);
+        tracing::info!(operation = %id, "operation settled (push live: no change reported during the grace)");
+        for e in out {
+            self.shared.stats.documents_emitted.inc();
+            if self.out.send(e).await.is_err() {
+                break;
+            }
+        }
+        true
+    }
+
     /// Builds the documents of one fetched operation and sends those that changed.
     async fn apply(
         &mut self,
@@ -148,6 +189,7 @@ impl Watcher {
         cost: &mut std::time::Duration,
     ) -> Result<(), CalderaError> {
         let now = Instant::now();
+        let push_live = self.shared.intake.push_live(std::time::SystemTime::now());
         let Some(t) = self.ops.get_mut(id) else {
             return Ok(());
         };
@@ -192,12 +234,26 @@ impl Watcher {
         });
         if state.is_closed() {
             t.closed_since.get_or_insert(now);
+            if t.finish.is_none() {
+                t.finish = t.finish_from_event;
+            }
         } else {
             t.closed_since = None;
             t.done_since = None;
             t.finish = None;
+            t.finish_from_event = None;
         }
-        if state.is_closed() && t.finish.is_none() && t.report_retry_at.is_none_or(|r| now >= r) {
+        // With push live, `operation/completed` brings the end time, seconds after a stop at
+        // most: the report (as costly as the operation) is asked only if it has not come
+        // within the settle grace.
+        let await_event = push_live
+            && t.closed_since
+                .is_some_and(|c| now.duration_since(c) < self.settings.settle_grace);
+        if state.is_closed()
+            && t.finish.is_none()
+            && !await_event
+            && t.report_retry_at.is_none_or(|r| now >= r)
+        {
             // The report is the only place Caldera gives an operation's end time. Right after
             // creation it can answer 500; we try again, at most once per idle interval.
             let body = serde_json::json!({"enable_agent_output": false});
@@ -270,9 +326,13 @@ impl Watcher {
             let since = *t.done_since.get_or_insert(now);
             if now.duration_since(since) >= self.settings.settle_grace && finish_ready(t) {
                 built.operation.settled = true;
+                t.settling_doc = None;
+            } else {
+                t.settling_doc = Some(Box::new(built.operation.clone()));
             }
         } else {
             t.done_since = None;
+            t.settling_doc = None;
         }
         let invalid = built.dropped.total();
         if invalid != t.invalid_reported {
@@ -335,7 +395,7 @@ impl Watcher {
 
 /// Settling waits for the report's `finish`, unless the report failed a few times (it can
 /// answer 500; a settled operation is not fetched again).
-fn finish_ready(t: &Tracked) -> bool {
+pub(super) fn finish_ready(t: &Tracked) -> bool {
     t.finish.is_some() || t.report_failures >= 3
 }
 

@@ -310,3 +310,59 @@ pub fn metrics(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stretched(effective: u64) -> ReadCost {
+        ReadCost {
+            cost: Duration::from_millis(7_500),
+            configured: Duration::from_secs(15),
+            effective: Duration::from_secs(effective),
+            stretched: true,
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn health_says_when_the_budget_stretches_the_listing() {
+        let st = IntakeState::default();
+        let now = SystemTime::now();
+        let c = intake_check(&st, now);
+        assert_eq!(c.level, Level::Ok);
+        assert!(!c.details.contains_key("budget_note"));
+
+        st.update(|s| s.listing = stretched(742));
+        let c = intake_check(&st, now);
+        assert_eq!(c.level, Level::Degraded);
+        let m = c.message.unwrap_or_default();
+        assert!(
+            m.contains("only every 742 s") && m.contains("CALDERA_CPU_BUDGET"),
+            "{m}"
+        );
+        let note = c.details["budget_note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(note.contains("instead of the configured 15 s"), "{note}");
+
+        // With push live the listing only reconciles: said, not degraded.
+        *st.last_push.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        let c = intake_check(&st, now);
+        assert_eq!(c.level, Level::Ok);
+        assert_eq!(c.details["push_live"], true);
+        assert!(c.details.contains_key("budget_note"));
+        // Stretched a little (under 10 minutes): noted only.
+        *st.last_push.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        st.update(|s| s.listing = stretched(120));
+        assert_eq!(intake_check(&st, now).level, Level::Ok);
+        let m = metrics(&st, now);
+        assert!(
+            m.iter()
+                .any(|(n, _, l, v)| *n == "caldera_read_stretched_by_budget"
+                    && l == "read=\"listing\""
+                    && *v == 1.0)
+        );
+    }
+}

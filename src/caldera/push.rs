@@ -33,7 +33,7 @@ pub const MAX_EVENTS: usize = 200;
 pub const QUEUE: usize = 4096;
 
 /// One pushed event, validated: what the watcher acts on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PushEvent {
     /// `link/completed` or `link/status_changed`: a link got a result (or was discarded).
     /// `operation` is `None` for links of no operation (an agent's bootstrap links).
@@ -43,8 +43,13 @@ pub enum PushEvent {
     },
     /// `operation/state_changed`.
     State { operation: OperationId, to: String },
-    /// `operation/completed`.
-    Completed { operation: OperationId },
+    /// `operation/completed`, with its time (epoch seconds): Caldera sets the operation's
+    /// `finish` right after firing it (the report's `finish` equals it to the second in every
+    /// recording), so the report need not be asked.
+    Completed {
+        operation: OperationId,
+        at: Option<f64>,
+    },
     /// `agent/added`: a new agent may join an open operation's group.
     Agent,
 }
@@ -53,7 +58,7 @@ impl PushEvent {
     pub fn operation(&self) -> Option<&OperationId> {
         match self {
             PushEvent::Link { operation, .. } => operation.as_ref(),
-            PushEvent::State { operation, .. } | PushEvent::Completed { operation } => {
+            PushEvent::State { operation, .. } | PushEvent::Completed { operation, .. } => {
                 Some(operation)
             }
             PushEvent::Agent => None,
@@ -191,6 +196,7 @@ fn event(e: WireEvent) -> Result<PushEvent, String> {
         }
         "operation/completed" => Ok(PushEvent::Completed {
             operation: op_id(e.operation_id.as_deref())?,
+            at: e.timestamp,
         }),
         "agent/added" => {
             if e.paw.as_deref().is_some_and(|p| p.len() > 128) {

@@ -73,6 +73,11 @@ pub(super) struct Tracked {
     /// The operation without its links (see `fetch::skeleton`): what a single fetched link is
     /// built with. Only while not settled.
     pub(super) skeleton: Option<String>,
+    /// The operation's `finish` from a pushed `operation/completed` (no report needed).
+    pub(super) finish_from_event: Option<Timestamp>,
+    /// Closed with every link done, waiting for the grace: its operation document as last
+    /// built, so that with push live it can be settled without fetching it again.
+    pub(super) settling_doc: Option<Box<crate::document::OperationDoc>>,
     /// When the report (for `finish`) may be asked again after a failure.
     pub(super) report_retry_at: Option<Instant>,
     /// Failed report requests: an operation settles without `finish` only after a few.
@@ -103,6 +108,8 @@ impl Tracked {
             content: None,
             last_body: None,
             skeleton: None,
+            finish_from_event: None,
+            settling_doc: None,
             report_retry_at: None,
             report_failures: 0,
         }
@@ -156,6 +163,9 @@ pub struct Watcher {
     listing_cost: Cost,
     link_cost: Cost,
     op_cost: Cost,
+    /// When pushed events were last reported lost (plugin or queue): settling without a look
+    /// relies on every change having been pushed since.
+    lost_at: Option<Instant>,
     listings: u64,
     op_fetches: u64,
     link_fetches: u64,
@@ -201,6 +211,7 @@ impl Watcher {
             listing_cost: Cost::default(),
             link_cost: Cost::default(),
             op_cost: Cost::default(),
+            lost_at: None,
             listings: 0,
             op_fetches: 0,
             link_fetches: 0,
@@ -227,6 +238,7 @@ impl Watcher {
                 }
                 self.take_unsaved();
                 if self.shared.intake.take_lost() {
+                    self.lost_at = Some(Instant::now());
                     // Events were lost (plugin or queue full): reconcile as soon as the
                     // budget allows, instead of at the push cadence.
                     self.listing_pacer.spent(
@@ -482,6 +494,9 @@ impl Watcher {
         due.sort();
         let mut fetched = false;
         for (_, id) in due {
+            if live && self.settle_quietly(&id).await {
+                continue;
+            }
             if !self.fetch_pacer.ready(Instant::now()) {
                 break;
             }
@@ -512,6 +527,10 @@ impl Watcher {
         self.fetch_pacer.spent(Instant::now(), cost, Duration::ZERO);
     }
 
+    pub(super) fn lost_at(&self) -> Option<Instant> {
+        self.lost_at
+    }
+
     pub(super) fn spent_on_link(&mut self, cost: Duration) {
         self.link_cost.observe(cost);
         self.link_fetches += 1;
@@ -532,9 +551,23 @@ impl Watcher {
         let mut whole: Vec<OperationId> = Vec::new();
         let mut links: Vec<(OperationId, LinkId)> = Vec::new();
         let mut seen_links: HashSet<(OperationId, LinkId)> = HashSet::new();
+        let mut finish_at: HashMap<OperationId, Timestamp> = HashMap::new();
         for e in batch {
             match e {
-                PushEvent::State { operation, .. } | PushEvent::Completed { operation } => {
+                PushEvent::State { operation, .. } => {
+                    if !whole.contains(&operation) {
+                        whole.push(operation);
+                    }
+                }
+                PushEvent::Completed { operation, at } => {
+                    if let Some(at) = at.filter(|a| a.is_finite() && *a > 0.0) {
+                        // Caldera's `finish` is whole seconds.
+                        let secs = at.floor() as u64;
+                        finish_at.insert(
+                            operation.clone(),
+                            Timestamp::from_unix_micros(secs.saturating_mul(1_000_000)),
+                        );
+                    }
                     if !whole.contains(&operation) {
                         whole.push(operation);
                     }
@@ -610,6 +643,10 @@ impl Watcher {
                 self.memory.unsettled(op.as_str());
             }
             t.done_since = None;
+            t.settling_doc = None;
+            if let Some(f) = finish_at.remove(&op) {
+                t.finish_from_event = Some(f);
+            }
             match self.refresh(&op).await {
                 Ok(()) => self.record_ok(),
                 Err(CalderaError::NotFound { .. }) => {
