@@ -425,14 +425,6 @@ impl Watcher {
         if !self.known_settled.is_empty() {
             self.known_settled.clear();
         }
-        self.shared
-            .stats
-            .operations_tracked
-            .set(self.ops.len() as u64);
-        self.shared
-            .stats
-            .operations_settled
-            .set(self.ops.values().filter(|t| t.settled).count() as u64);
     }
 
     /// When the operation wants a whole fetch (`None`: not until something happens).
@@ -691,6 +683,15 @@ impl Watcher {
             self.op_fetches,
         );
         let link = read(&self.link_cost, None, Duration::ZERO, self.link_fetches);
+        // Operations settle after fetches and pushed events too, not only at listings.
+        self.shared
+            .stats
+            .operations_tracked
+            .set(self.ops.len() as u64);
+        self.shared
+            .stats
+            .operations_settled
+            .set(self.ops.values().filter(|t| t.settled).count() as u64);
         let remembered = self.memory.saved_count();
         self.shared.intake.update(|s| {
             s.listing = listing;
