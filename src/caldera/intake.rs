@@ -308,6 +308,8 @@ pub fn metrics(
     ] {
         out.push((name, help, String::new(), c.get() as f64));
     }
+    // The exposition format wants every sample of a family together.
+    out.sort_by_key(|(name, ..)| *name);
     out
 }
 
