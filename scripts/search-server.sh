@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real Elasticsearch for the integration tests: one single-node server on 127.0.0.1, shared by all tests.
+# A real search engine for the integration tests: one single-node server on 127.0.0.1, shared by all tests.
+# Elasticsearch by default; SEARCH_ENGINE=opensearch runs OpenSearch instead (same commands, same output).
 #
 # Usage: scripts/search-server.sh start [-E setting=value ...] | stop | url | status | pause | resume | java-home
 #   start   download (once, via Maven) and unpack Elasticsearch into the cache, start it on a free port with a
@@ -13,8 +14,11 @@
 #   java-home  print the JDK (17+) that would run Elasticsearch (exit 1 when there is none).
 #
 # Environment:
+#   SEARCH_ENGINE          elasticsearch (default) or opensearch
 #   ES_VERSION             Elasticsearch version (default 8.19.21; Maven artifact
 #                          org.elasticsearch.distribution.integ-test-zip:elasticsearch:VERSION:zip, no bundled JDK)
+#   OPENSEARCH_VERSION     OpenSearch version (default 2.19.4; Maven artifact
+#                          org.opensearch.distribution.integ-test-zip:opensearch:VERSION:zip, no bundled JDK)
 #   CALDERA_SIDECAR_CACHE  where the unpacked distribution is kept (default $HOME/.cache/caldera-sidecar;
 #                          as root /var/cache/caldera-sidecar, because the service user cannot enter /root).
 #                          The downloaded zip itself is cached by Maven in ~/.m2.
@@ -29,6 +33,29 @@
 set -euo pipefail
 
 ES_VERSION="${ES_VERSION:-8.19.21}"
+OPENSEARCH_VERSION="${OPENSEARCH_VERSION:-2.19.4}"
+ENGINE="${SEARCH_ENGINE:-elasticsearch}"
+# Per engine: the Maven artifact, the unpacked directory and start script, the environment variables its
+# launcher reads, and the settings only one of them knows.
+case "$ENGINE" in
+elasticsearch)
+  ENGINE_NAME=Elasticsearch VERSION="$ES_VERSION"
+  ARTIFACT="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip"
+  ENV_PREFIX=ES
+  ENGINE_SETTINGS=(-E xpack.security.enabled=false -E xpack.ml.enabled=false)
+  ;;
+opensearch)
+  ENGINE_NAME=OpenSearch VERSION="$OPENSEARCH_VERSION"
+  ARTIFACT="org.opensearch.distribution.integ-test-zip:opensearch:$OPENSEARCH_VERSION:zip"
+  ENV_PREFIX=OPENSEARCH
+  # The integ-test zip has no security plugin: plain HTTP without authentication, like the Elasticsearch one.
+  ENGINE_SETTINGS=()
+  ;;
+*)
+  echo "search-server: error: SEARCH_ENGINE must be elasticsearch or opensearch, not '$ENGINE'" >&2
+  exit 2
+  ;;
+esac
 STATE_DIR="${SEARCH_STATE_DIR:-${TMPDIR:-/tmp}/caldera-sidecar-search}"
 SEARCH_USER="${SEARCH_USER:-sidecar-search}"
 HEAP="${SEARCH_HEAP:-512m}"
@@ -43,7 +70,8 @@ else
   IS_ROOT=0
   CACHE_DIR="${CALDERA_SIDECAR_CACHE:-${HOME:?}/.cache/caldera-sidecar}"
 fi
-ES_HOME="$CACHE_DIR/elasticsearch-$ES_VERSION"
+ES_HOME="$CACHE_DIR/$ENGINE-$VERSION"
+ES_BIN="$ES_HOME/bin/$ENGINE"
 
 log() { echo "search-server: $*" >&2; }
 die() {
@@ -54,13 +82,13 @@ die() {
 # The number (pid, port) in a file, or nothing.
 read_number() { if [ -s "$1" ]; then tr -dc '0-9' <"$1"; fi; }
 
-# True when the pid is a live (not zombie) Elasticsearch process; guards against signalling a recycled pid.
+# True when the pid is a live (not zombie) search engine process; guards against signalling a recycled pid.
 is_es() {
   [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
   if [ -r "/proc/$1/cmdline" ]; then
-    tr '\0' ' ' <"/proc/$1/cmdline" | grep -q elasticsearch
+    tr '\0' ' ' <"/proc/$1/cmdline" | grep -Eq 'elasticsearch|opensearch'
   else
-    ps -o args= -p "$1" 2>/dev/null | grep -q elasticsearch
+    ps -o args= -p "$1" 2>/dev/null | grep -Eq 'elasticsearch|opensearch'
   fi
 }
 
@@ -125,37 +153,35 @@ PY
 
 # Download and unpack the distribution once (the zip stays in Maven's ~/.m2 as download cache).
 ensure_distribution() {
-  [ -x "$ES_HOME/bin/elasticsearch" ] && return 0
+  [ -x "$ES_BIN" ] && return 0
   mkdir -p "$CACHE_DIR"
   if command -v flock >/dev/null 2>&1; then
     exec 8>"$CACHE_DIR/.lock"
     flock 8
-    [ -x "$ES_HOME/bin/elasticsearch" ] && return 0
+    [ -x "$ES_BIN" ] && return 0
   fi
-  command -v mvn >/dev/null 2>&1 || die "mvn (Maven) is needed to download Elasticsearch; scripts/test.sh installs it"
+  command -v mvn >/dev/null 2>&1 || die "mvn (Maven) is needed to download $ENGINE_NAME; scripts/test.sh installs it"
   command -v unzip >/dev/null 2>&1 || die "unzip is needed; scripts/test.sh installs it"
   local work
   work="$(mktemp -d "$CACHE_DIR/.download.XXXXXX")"
-  log "downloading Elasticsearch $ES_VERSION (integ-test-zip) with Maven"
+  log "downloading $ENGINE_NAME $VERSION (integ-test-zip) with Maven"
   local out
-  if ! out="$(mvn -q -B dependency:copy \
-    "-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip" \
-    "-DoutputDirectory=$work" 2>&1)"; then
+  if ! out="$(mvn -q -B dependency:copy "-Dartifact=$ARTIFACT" "-DoutputDirectory=$work" 2>&1)"; then
     printf '%s\n' "$out" >&2
     rm -rf "$work"
-    die "Maven could not fetch org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip"
+    die "Maven could not fetch $ARTIFACT"
   fi
   log "unpacking into $ES_HOME"
-  unzip -q "$work"/elasticsearch-*.zip -d "$work/unpacked" || {
+  unzip -q "$work"/"$ENGINE"-*.zip -d "$work/unpacked" || {
     rm -rf "$work"
     die "unzip failed"
   }
-  [ -x "$work/unpacked/elasticsearch-$ES_VERSION/bin/elasticsearch" ] || {
+  [ -x "$work/unpacked/$ENGINE-$VERSION/bin/$ENGINE" ] || {
     rm -rf "$work"
     die "unexpected zip layout"
   }
-  chmod -R a+rX "$work/unpacked/elasticsearch-$ES_VERSION"
-  mv "$work/unpacked/elasticsearch-$ES_VERSION" "$ES_HOME"
+  chmod -R a+rX "$work/unpacked/$ENGINE-$VERSION"
+  mv "$work/unpacked/$ENGINE-$VERSION" "$ES_HOME"
   rm -rf "$work"
 }
 
@@ -219,6 +245,12 @@ cmd_start() {
   rm -rf "${STATE_DIR:?}/data" "$STATE_DIR/logs" "$STATE_DIR/tmp" "$STATE_DIR/config" "$STATE_DIR/es.pid"
   mkdir -p "$STATE_DIR/data" "$STATE_DIR/logs" "$STATE_DIR/tmp"
   cp -R "$ES_HOME/config" "$STATE_DIR/config"
+  if [ "$ENGINE" = opensearch ]; then
+    # OpenSearch's launcher runs from its home (root's cache, read-only for the service user): point the JVM's
+    # relative log and dump paths into the state dir.
+    sed -i -e "s#file=logs/gc.log#file=$STATE_DIR/logs/gc.log#" -e "s#ErrorFile=logs/#ErrorFile=$STATE_DIR/logs/#" \
+      -e "s#HeapDumpPath=data#HeapDumpPath=$STATE_DIR/data#" "$STATE_DIR/config/jvm.options"
+  fi
   echo "$http_port" >"$STATE_DIR/port"
 
   local as_user=()
@@ -232,7 +264,7 @@ cmd_start() {
     else
       as_user=(runuser -u "$SEARCH_USER" --)
     fi
-    if ! "${as_user[@]}" test -r "$ES_HOME/lib" -a -x "$ES_HOME/bin/elasticsearch"; then
+    if ! "${as_user[@]}" test -r "$ES_HOME/lib" -a -x "$ES_BIN"; then
       die "user $SEARCH_USER cannot read $ES_HOME; set CALDERA_SIDECAR_CACHE to a directory it can enter"
     fi
   fi
@@ -240,15 +272,16 @@ cmd_start() {
   command -v setsid >/dev/null 2>&1 && detach=(setsid) # own session: a Ctrl-C meant for the tests does not hit it
 
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  log "starting Elasticsearch $ES_VERSION on $url (java: $java_home, state: $STATE_DIR)"
+  log "starting $ENGINE_NAME $VERSION on $url (java: $java_home, state: $STATE_DIR)"
   (
     cd "$STATE_DIR"
-    exec env HOME="$STATE_DIR" ES_JAVA_HOME="$java_home" ES_PATH_CONF="$STATE_DIR/config" \
-      ES_TMPDIR="$STATE_DIR/tmp" ES_JAVA_OPTS="-Xms$HEAP -Xmx$HEAP ${ES_JAVA_OPTS:-}" \
-      "${detach[@]}" "${as_user[@]}" "$ES_HOME/bin/elasticsearch" -p "$STATE_DIR/es.pid" \
+    # ES_* for Elasticsearch, OPENSEARCH_* for OpenSearch (same meanings).
+    exec env HOME="$STATE_DIR" "${ENV_PREFIX}_JAVA_HOME=$java_home" "${ENV_PREFIX}_PATH_CONF=$STATE_DIR/config" \
+      "${ENV_PREFIX}_TMPDIR=$STATE_DIR/tmp" "${ENV_PREFIX}_JAVA_OPTS=-Xms$HEAP -Xmx$HEAP ${ES_JAVA_OPTS:-}" \
+      "${detach[@]}" "${as_user[@]}" "$ES_BIN" -p "$STATE_DIR/es.pid" \
       -E cluster.name="$CLUSTER_NAME" -E node.name=sidecar-search \
       -E network.host=127.0.0.1 -E http.port="$http_port" -E transport.port="$transport_port" \
-      -E discovery.type=single-node -E xpack.security.enabled=false -E xpack.ml.enabled=false \
+      -E discovery.type=single-node "${ENGINE_SETTINGS[@]}" \
       -E path.data="$STATE_DIR/data" -E path.logs="$STATE_DIR/logs" \
       -E cluster.routing.allocation.disk.threshold_enabled=false \
       -E action.destructive_requires_name=false \
@@ -261,9 +294,9 @@ cmd_start() {
   until healthy "$url"; do
     if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
       if kill -0 "$pid" 2>/dev/null; then
-        log "Elasticsearch was not yellow after ${START_TIMEOUT}s"
+        log "$ENGINE_NAME was not yellow after ${START_TIMEOUT}s"
       else
-        log "Elasticsearch exited during start-up"
+        log "$ENGINE_NAME exited during start-up"
       fi
       show_log_tail
       stop_server
@@ -284,7 +317,7 @@ stop_server() {
   alive=()
   for p in $es_pid $pid; do is_es "$p" && alive+=("$p"); done
   if [ "${#alive[@]}" -gt 0 ]; then
-    log "stopping Elasticsearch (pids ${alive[*]})"
+    log "stopping $ENGINE_NAME (pids ${alive[*]})"
     kill -TERM "${alive[@]}" 2>/dev/null || true
     kill -CONT "${alive[@]}" 2>/dev/null || true # a paused server must wake up to handle TERM
     deadline=$((SECONDS + STOP_TIMEOUT))
@@ -317,7 +350,7 @@ running_url() {
 server_pid() {
   local es_pid
   es_pid="$(read_number "$STATE_DIR/es.pid")"
-  is_es "$es_pid" || die "no Elasticsearch server process running in $STATE_DIR"
+  is_es "$es_pid" || die "no $ENGINE_NAME server process running in $STATE_DIR"
   echo "$es_pid"
 }
 

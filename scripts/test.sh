@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The one test command of caldera-sidecar: lint, start a real Elasticsearch, run the whole Rust test suite.
+# The one test command of caldera-sidecar: lint, start a real Elasticsearch, run the whole Rust test suite, then
+# run the end-to-end, delivery and sink-fault suites once more against a real OpenSearch (the second engine).
 #
 # Usage: scripts/test.sh [cargo test arguments] [-- test harness arguments]
-#   e.g. scripts/test.sh                          everything
+#   e.g. scripts/test.sh                          everything, on Elasticsearch, then the engine suites on OpenSearch
 #        scripts/test.sh --test sink -- --nocapture
+#        SEARCH_ENGINE=opensearch scripts/test.sh  everything on OpenSearch only
 #
 # The tests get:
 #   SEARCH_URL            http://127.0.0.1:PORT of the Elasticsearch shared by all tests (set it yourself to use
 #                         another server; this script then neither starts nor stops one)
 #   SEARCH_STATE_DIR      state dir of that server; SEARCH_SERVER_SCRIPT  scripts/search-server.sh, for tests that
 #                         pause/resume/stop/start it (fault injection)
-#   CALDERA_FIXTURES_DIR  recorded Caldera responses (default ../shared/fixtures/caldera when it exists)
-# Knobs: TEST_THREADS (default 2), SKIP_LINT=1 (skip fmt and clippy), and those of scripts/search-server.sh.
+#   CALDERA_FIXTURES_DIR  recorded Caldera responses (default: the copy in tests/fixtures/caldera)
+#   SEARCH_ENGINE         elasticsearch (default) or opensearch: the engine the whole suite runs against
+#   OPENSEARCH_URL        an OpenSearch already running for the second pass (else one is started and stopped;
+#                         when SEARCH_URL is given and OPENSEARCH_URL is not, the second pass is skipped, loudly)
+# Knobs: TEST_THREADS (default 2), SKIP_LINT=1 (skip fmt and clippy), SECOND_ENGINE=none (skip the OpenSearch
+# pass), and those of scripts/search-server.sh.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -84,16 +90,24 @@ fi
 section "Build tests: cargo test ${cargo_test_args[*]} --no-run"
 cargo test "${cargo_test_args[@]}" --no-run
 
-section "Elasticsearch"
+export SEARCH_ENGINE="${SEARCH_ENGINE:-elasticsearch}"
+section "Search engine: $SEARCH_ENGINE"
 export SEARCH_STATE_DIR="${SEARCH_STATE_DIR:-${TMPDIR:-/tmp}/caldera-sidecar-search}"
 export SEARCH_SERVER_SCRIPT="$repo/scripts/search-server.sh"
+search_url_given="${SEARCH_URL:-}"
+os_state_dir="${TMPDIR:-/tmp}/caldera-sidecar-opensearch"
 stop_server=0
+stop_opensearch=0
 # shellcheck disable=SC2317 # invoked by the trap
 stop_on_exit() {
   local status=$?
   if [ "$stop_server" -eq 1 ]; then
-    section "Stopping Elasticsearch"
+    section "Stopping $SEARCH_ENGINE"
     "${server[@]}" stop || true
+  fi
+  if [ "$stop_opensearch" -eq 1 ]; then
+    section "Stopping OpenSearch"
+    SEARCH_ENGINE=opensearch SEARCH_STATE_DIR="$os_state_dir" "${server[@]}" stop || true
   fi
   exit "$status"
 }
@@ -103,7 +117,7 @@ trap 'exit 143' TERM
 if [ -n "${SEARCH_URL:-}" ]; then
   echo "using SEARCH_URL=$SEARCH_URL from the environment"
 else
-  # A server the developer started by hand stays up; one started here is stopped on exit.
+  # A server the developer started by hand stays up; one started here is stopped on exit. SEARCH_ENGINE picks it.
   "${server[@]}" url >/dev/null 2>&1 || stop_server=1
   started="$("${server[@]}" start)"
   SEARCH_URL="${started#SEARCH_URL=}"
@@ -111,14 +125,13 @@ else
 fi
 export SEARCH_URL
 
-if [ -z "${CALDERA_FIXTURES_DIR:-}" ] && [ -d "$repo/../shared/fixtures/caldera" ]; then
-  CALDERA_FIXTURES_DIR="$(cd "$repo/../shared/fixtures/caldera" && pwd)"
-fi
+# The recorded Caldera responses are vendored in tests/fixtures/caldera; CALDERA_FIXTURES_DIR overrides them.
 if [ -n "${CALDERA_FIXTURES_DIR:-}" ]; then
+  [ -f "$CALDERA_FIXTURES_DIR/operation_finished.json" ] || die "CALDERA_FIXTURES_DIR=$CALDERA_FIXTURES_DIR holds no recordings"
   export CALDERA_FIXTURES_DIR
   echo "CALDERA_FIXTURES_DIR=$CALDERA_FIXTURES_DIR"
 else
-  echo "CALDERA_FIXTURES_DIR is not set and ../shared/fixtures/caldera does not exist"
+  echo "fixtures: tests/fixtures/caldera"
 fi
 
 # Spool and dead-letter folders of earlier runs (tests/support/app.rs).
@@ -136,10 +149,40 @@ fi
 if [ "$#" -eq 0 ]; then
   # Benchmarks run as smoke tests without harness flags: criterion and the pipeline program
   # have their own command lines (--test-threads is libtest's).
-  section "cargo test --lib --bins --tests -- ${harness_args[*]}"
-  cargo test --lib --bins --tests -- "${harness_args[@]}" || status=$?
+  section "cargo test --no-fail-fast --lib --bins --tests -- ${harness_args[*]}"
+  # --no-fail-fast: one failing suite must not hide the results of the others.
+  cargo test --no-fail-fast --lib --bins --tests -- "${harness_args[@]}" || status=$?
   section "cargo test --benches (smoke run of every benchmark)"
   cargo test --benches || status=$?
+  if [ "$SEARCH_ENGINE" = elasticsearch ] && [ "${SECOND_ENGINE:-opensearch}" = opensearch ]; then
+    # The suites that exercise the engine itself (indexing, versions, bulk errors, templates, replay), once more
+    # on OpenSearch; the rest does not depend on the engine. Elasticsearch is stopped first: two JVMs do not fit
+    # a small CI machine.
+    os_suites=(--test e2e --test delivery --test sink_faults --test settle)
+    if [ -n "${OPENSEARCH_URL:-}" ]; then
+      os_url="$OPENSEARCH_URL"
+    elif [ -n "$search_url_given" ]; then
+      os_url=""
+      section "OpenSearch pass SKIPPED: SEARCH_URL was given without OPENSEARCH_URL"
+    else
+      if [ "$stop_server" -eq 1 ]; then
+        section "Stopping Elasticsearch"
+        "${server[@]}" stop || true
+        stop_server=0
+      fi
+      section "OpenSearch"
+      SEARCH_ENGINE=opensearch SEARCH_STATE_DIR="$os_state_dir" "${server[@]}" url >/dev/null 2>&1 || stop_opensearch=1
+      started="$(SEARCH_ENGINE=opensearch SEARCH_STATE_DIR="$os_state_dir" "${server[@]}" start)"
+      os_url="${started#SEARCH_URL=}"
+    fi
+    if [ -n "$os_url" ]; then
+      echo "OpenSearch at $os_url"
+      rm -rf "${TMPDIR:-/tmp}/caldera-sidecar-tests"
+      section "cargo test ${os_suites[*]} on OpenSearch -- ${harness_args[*]}"
+      SEARCH_ENGINE=opensearch SEARCH_URL="$os_url" SEARCH_STATE_DIR="$os_state_dir" \
+        cargo test --no-fail-fast "${os_suites[@]}" -- "${harness_args[@]}" || status=$?
+    fi
+  fi
 else
   section "cargo test ${cargo_test_args[*]} -- ${harness_args[*]}"
   cargo test "${cargo_test_args[@]}" -- "${harness_args[@]}" || status=$?

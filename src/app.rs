@@ -21,19 +21,36 @@ pub struct Running {
     pub health_addr: SocketAddr,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The sink's deadline: everything indexed or spooled by then.
+    sink_deadline: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`.
+    /// Stops intake, lets the sink finish, stops the server. Bounded by `limit`: the sink
+    /// stops sending at `limit` minus a reserve for spooling what is left (a quarter, at most
+    /// 5 s). True when every task ended in time and every document the sink received is
+    /// indexed or spooled.
     pub async fn shutdown(self, limit: Duration) -> bool {
+        let reserve = (limit / 4).min(Duration::from_secs(5));
+        let _ = self
+            .sink_deadline
+            .send(Some(tokio::time::Instant::now() + (limit - reserve)));
         let _ = self.shutdown.send(true);
         let all = async {
             for t in self.tasks {
                 let _ = t.await;
             }
         };
-        tokio::time::timeout(limit, all).await.is_ok()
+        let in_time = tokio::time::timeout(limit, all).await.is_ok();
+        let lost = self.shared.stats.documents_lost_at_stop.get();
+        if lost > 0 {
+            tracing::error!(
+                documents = lost,
+                "documents could be neither indexed nor spooled; Caldera still has them and the next start sends them"
+            );
+        }
+        in_time && lost == 0
     }
 
     /// Waits until the tasks end by themselves (they do not, unless shut down).
@@ -60,8 +77,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // Built before the server: the enroll endpoint asks Caldera through it.
+    let client = Arc::new(
+        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
+    );
+    let enroll = crate::enroll::http::routes(Arc::new(crate::enroll::http::EnrollService::new(
+        client.clone(),
+        settings.enroll.clone(),
+        settings.documents.client_map.clone(),
+    )));
     let (health_addr, server) =
-        crate::server::serve(&settings, shared.clone(), shutdown_rx.clone())
+        crate::server::serve(&settings, shared.clone(), enroll, shutdown_rx.clone())
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.health_bind,
@@ -80,11 +106,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         &settings.intake.state_file,
     );
 
-    let sink =
+    let mut sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
-    let client = Arc::new(
-        CalderaClient::new(&settings.caldera, shared.clone()).map_err(StartError::Client)?,
-    );
+    let (sink_deadline, deadline_rx) = watch::channel(None);
+    sink.stop_by(deadline_rx);
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
@@ -102,6 +127,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .queue
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(events_tx);
+    let agents = tokio::spawn(crate::agents::watch::run(
+        client.clone(),
+        settings.agents.clone(),
+        settings.documents.client_map.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -123,7 +155,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         health_addr,
         shared,
         shutdown: shutdown_tx,
-        tasks: vec![w, s, t, probes, server],
+        sink_deadline,
+        tasks: vec![w, s, t, probes, agents, server],
     })
 }
 

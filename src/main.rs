@@ -41,6 +41,34 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print ready-to-paste one-liners that start a Caldera (sandcat) agent in a client's group.
+    Enroll {
+        /// Client name (a Caldera group, or a client id of CLIENT_MAP).
+        #[arg(long)]
+        client: String,
+        /// windows, linux or darwin.
+        #[arg(long)]
+        platform: String,
+        /// psh or cmd (windows), sh (linux, darwin); default: every shell of the platform.
+        #[arg(long)]
+        executor: Option<String>,
+        /// Address the client's machines reach Caldera at (default: CALDERA_PUBLIC_URL).
+        #[arg(long)]
+        server: Option<String>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// List each client's Caldera agents and whether they are alive; exit 1 when the named
+    /// client has no live agent.
+    Agents {
+        /// Only this client (client id of CLIENT_MAP, or Caldera group).
+        #[arg(long)]
+        client: Option<String>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +104,31 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Enroll {
+            client,
+            platform,
+            executor,
+            server,
+            format,
+        } => {
+            let args = caldera_sidecar::enroll::cli::Args {
+                client,
+                platform,
+                executor,
+                server,
+                format,
+            };
+            match runtime() {
+                Ok(rt) => rt.block_on(caldera_sidecar::enroll::cli::run(&settings, args)),
+                Err(code) => code,
+            }
+        }
+        Command::Agents { client, format } => match runtime() {
+            Ok(rt) => rt.block_on(caldera_sidecar::agents::cli::run(
+                &settings, client, &format,
+            )),
+            Err(code) => code,
+        },
         Command::Run => {
             telemetry::init(settings.log_format, &settings.log_level);
             match runtime() {
@@ -114,11 +167,14 @@ async fn run(settings: config::Settings) -> ExitCode {
     wait_for_signal().await;
     tracing::info!("shutting down: stopping intake, flushing documents");
     if running.shutdown(Duration::from_secs(30)).await {
-        tracing::info!("stopped cleanly");
+        tracing::info!("stopped cleanly: every document is indexed or spooled");
+        ExitCode::SUCCESS
     } else {
-        tracing::warn!("shutdown took longer than 30 s; exiting anyway");
+        tracing::error!(
+            "shutdown did not end cleanly within 30 s: documents in flight may be neither indexed nor spooled"
+        );
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
 }
 
 async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCode {
@@ -151,13 +207,14 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
     match res {
         Ok(s) => {
             println!(
-                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} not delivered, {} files deleted",
+                "replayed {} files in {:.1} s: {} indexed, {} already present, {} rejected, {} unreadable, {} refused, {} not delivered, {} files deleted",
                 s.files,
                 s.elapsed.as_secs_f64(),
                 s.indexed,
                 s.already_present,
                 s.rejected.values().sum::<usize>(),
                 s.unreadable.len(),
+                s.refused.len(),
                 s.not_delivered,
                 s.deleted
             );
@@ -166,6 +223,12 @@ async fn replay(settings: config::Settings, dir: PathBuf, keep: bool) -> ExitCod
             }
             for (p, why) in s.unreadable.iter().take(20) {
                 println!("  unreadable {}: {why}", p.display());
+            }
+            for (p, what) in &s.per_file {
+                println!("  {}: {what}", p.display());
+            }
+            for (p, why) in &s.refused {
+                println!("  refused {}: {why}", p.display());
             }
             if s.ok() {
                 ExitCode::SUCCESS

@@ -50,6 +50,8 @@ pub struct Stats {
     pub documents_replayed: Counter,
     pub documents_dead_lettered: Counter,
     pub spool_write_failures: Counter,
+    /// Documents the sink could neither index nor spool while stopping (exit code non-zero).
+    pub documents_lost_at_stop: Counter,
     /// Time of one Caldera poll (listing plus the fetches it led to).
     pub poll_seconds: Histogram,
     /// Time of one bulk request.
@@ -138,6 +140,8 @@ pub struct SpoolStatus {
     /// Spooling refused for lack of disk (DISK_CRITICAL_GB or SPOOL_MAX_MB reached).
     pub full: bool,
     pub last_error: Option<String>,
+    /// The last failure to write a dead letter (the refused documents stay in the spool).
+    pub dead_letter_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -163,6 +167,23 @@ pub struct ElasticStatus {
     pub last_ok_write: Option<SystemTime>,
 }
 
+/// One client's Caldera agents (see `agents`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientAgents {
+    pub live: u64,
+    pub total: u64,
+}
+
+/// The background read of Caldera's agents, as health and metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct AgentsStatus {
+    /// `None` while the background read is off (`AGENTS_POLL_INTERVAL=0`).
+    pub interval: Option<std::time::Duration>,
+    pub clients: std::collections::BTreeMap<String, ClientAgents>,
+    pub last_ok_read: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Shared {
     pub started: Instant,
@@ -173,6 +194,7 @@ pub struct Shared {
     pub spool: Mutex<SpoolStatus>,
     /// Push endpoint counters, measured read costs and effective intervals.
     pub intake: crate::caldera::intake::IntakeState,
+    pub agents: Mutex<AgentsStatus>,
 }
 
 impl Default for Shared {
@@ -185,6 +207,7 @@ impl Default for Shared {
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
             intake: Default::default(),
+            agents: Mutex::new(AgentsStatus::default()),
         }
     }
 }
@@ -206,6 +229,16 @@ impl Shared {
     pub fn spool(&self, f: impl FnOnce(&mut SpoolStatus)) {
         let mut g = self.spool.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
+    }
+    pub fn agents(&self, f: impl FnOnce(&mut AgentsStatus)) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+    }
+    pub fn agents_status(&self) -> AgentsStatus {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn breaker_status(&self) -> BreakerStatus {
         self.breaker

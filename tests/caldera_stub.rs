@@ -1,5 +1,5 @@
 //! Checks that the Caldera stub (tests/support/caldera_stub.rs) and the scenarios
-//! (tests/support/scenarios.rs) behave like the recordings in shared/fixtures/caldera.
+//! (tests/support/scenarios.rs) behave like the recordings in tests/fixtures/caldera.
 
 mod support;
 
@@ -111,14 +111,49 @@ async fn key_gives_recorded_health_and_agents() {
         json_ok(get_key(&stub, "/api/v2/health").await).await,
         fixture("health.json")
     );
+    // As in Caldera, `status` is computed at each read: the recorded agents were last seen
+    // long ago, so they are dead now; everything else is served as recorded.
+    let mut recorded = fixture("agents.json");
+    for a in recorded.as_array_mut().unwrap() {
+        a["status"] = json!("dead");
+    }
     assert_eq!(
         json_ok(get_key(&stub, "/api/v2/agents").await).await,
-        fixture("agents.json")
+        recorded
     );
     assert_eq!(
         json_ok(get_key(&stub, "/api/v2/operations").await).await,
         json!([])
     );
+}
+
+#[tokio::test]
+async fn deploy_commands_and_agents_config_as_caldera_serves_them() {
+    let stub = CalderaStub::start().await;
+    let no_key = reqwest::get(format!("{}/api/v2/deploy_commands", stub.url()))
+        .await
+        .unwrap();
+    assert_eq!(no_key.status().as_u16(), 401);
+    assert_eq!(
+        json_ok(get_key(&stub, "/api/v2/deploy_commands").await).await,
+        fixture("deploy_commands.json")
+    );
+    let cfg = json_ok(get_key(&stub, "/api/v2/config/agents").await).await;
+    assert_eq!(cfg["untrusted_timer"], 90);
+    assert_eq!(cfg["implant_name"], "splunkd");
+    assert!(cfg.get("app.contact.ftp.pword").is_none());
+    let r = get_key(&stub, "/api/v2/config/nope").await;
+    assert_eq!(r.status().as_u16(), 404);
+    // A fresh agent is alive until sleep_max + untrusted_timer have passed.
+    let mut agents = fixture("agents.json");
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    agents[0]["last_seen"] = json!(now.format(&fmt).unwrap());
+    agents[1]["last_seen"] = json!((now - time::Duration::seconds(151)).format(&fmt).unwrap());
+    stub.set_agents(agents);
+    let got = json_ok(get_key(&stub, "/api/v2/agents?include=paw&include=status").await).await;
+    assert_eq!(got[0], json!({"paw": "lktrus", "status": "alive"}));
+    assert_eq!(got[1], json!({"paw": "nnxppn", "status": "dead"}));
 }
 
 #[tokio::test]
@@ -550,10 +585,41 @@ async fn reports_and_event_logs_are_the_recorded_ones() {
             .iter()
             .all(|e| e.get("output").is_none())
     );
-    // D: nothing recorded → 404 unless put_report
+    // D: nothing recorded → built from the operation, as a real Caldera answers (it has a
+    // report and event logs for every operation), unless put_report.
     let d = scenarios::OP_D_ID;
+    let op_d = scenarios::op_d_finished();
     let r = post_key(&stub, &format!("/api/v2/operations/{d}/report"), json!({})).await;
-    assert_eq!(r.status(), 404);
+    let got = json_ok(r).await;
+    assert_eq!(got["name"], op_d["name"]);
+    assert_eq!(got["start"], op_d["start"]);
+    assert!(
+        got["finish"].is_string(),
+        "a finished operation has a finish: {got}"
+    );
+    let steps: usize = got["steps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|a| a["steps"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(steps, op_d["chain"].as_array().unwrap().len());
+    let r = post_key(
+        &stub,
+        &format!("/api/v2/operations/{d}/event-logs"),
+        json!({}),
+    )
+    .await;
+    let logs = json_ok(r).await;
+    assert_eq!(
+        logs.as_array().unwrap().len(),
+        op_d["chain"].as_array().unwrap().len()
+    );
+    assert!(logs[0]["pid"].is_i64() || logs[0]["pid"].is_null());
+    assert_eq!(
+        logs[0]["attack_metadata"]["technique_id"],
+        op_d["chain"][0]["ability"]["technique_id"]
+    );
     stub.put_report(d, json!({"name": "x"}));
     let r = post_key(&stub, &format!("/api/v2/operations/{d}/report"), json!({})).await;
     assert_eq!(json_ok(r).await, json!({"name": "x"}));

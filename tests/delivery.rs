@@ -171,6 +171,9 @@ async fn search_server_down_for_a_minute_loses_and_duplicates_nothing() {
     assert_exactly_once(&s, &op.full).await;
     assert!(json_files(&dir_of(&env, "SPOOL_DIR")).is_empty());
     assert!(r.shared.stats.documents_replayed.get() >= 50);
+    // Documents sent twice answer 409 (already current): success, never a dead letter.
+    assert!(json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty());
+    assert_eq!(r.shared.stats.documents_dead_lettered.get(), 0);
     app::stop(r).await;
     s.delete_index().await;
 }
@@ -242,17 +245,30 @@ async fn sigkill_mid_bulk_with_the_index_up_then_down() {
     );
     stub.put_operation(big.clone());
     let mut child = spawn_binary(&env);
-    wait_for(WAIT, "first bulk requests", || async {
-        (proxy.bulk_requests() >= 2).then_some(())
+    let big_id = big["id"].as_str().unwrap().to_string();
+    wait_for(WAIT, "a first bulk acknowledged", || async {
+        (!s.links(&big_id).await.is_empty()).then_some(())
+    })
+    .await;
+    // Hold the next bulk request in the proxy, so the kill lands while it is in flight.
+    let before = proxy.bulk_requests();
+    proxy.set_mode(Mode::Hang).await;
+    wait_for(WAIT, "a bulk request in flight", || async {
+        (proxy.bulk_requests() > before).then_some(())
     })
     .await;
     kill9(&mut child);
-    // How far it got is up to the machine's speed; what matters is the state after restart.
-    let partial = s.links(big["id"].as_str().unwrap()).await.len();
-    eprintln!("killed with {partial} of 3000 link documents indexed");
+    proxy.set_mode(Mode::Pass).await;
+    let partial = s.links(&big_id).await.len();
+    assert!(
+        partial > 0 && partial < 3000,
+        "the kill landed mid-bulk: {partial} of 3000 link documents indexed"
+    );
     let mut child = spawn_binary(&env);
     wait_all(&s, &big, "3000 links after restart").await;
     assert_exactly_once(&s, &big).await;
+    // The restart re-sent what was indexed before the kill: 409s, never dead letters.
+    assert!(json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty());
     kill9(&mut child);
 
     // Index down: kill while documents are being spooled, then restart with the index back.
@@ -281,6 +297,9 @@ async fn sigkill_mid_bulk_with_the_index_up_then_down() {
     .await;
     assert_exactly_once(&s, &big2).await;
     assert_exactly_once(&s, &big).await;
+    // The spool of the killed run holds older observations than the restarted run indexed:
+    // they answer 409 (already current), which is success, never a dead letter.
+    assert!(json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty());
     // SIGTERM: graceful stop, exit 0.
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -411,6 +430,41 @@ async fn mapping_errors_go_to_dead_letters_and_are_not_retried() {
 }
 
 #[tokio::test]
+async fn a_lost_bulk_answer_is_retried_and_its_409s_are_not_dead_letters() {
+    let stub = CalderaStub::start().await;
+    let proxy = Proxy::start(&search_url()).await;
+    let index = unique_index("lost-answer");
+    let s = Search::new(&index);
+    let env = app::test_env(
+        &stub.url(),
+        &index,
+        &[
+            ("ELK_URL", &proxy.url()),
+            ("ELK_CONNECTION_TIMEOUT", "2"),
+            ("BREAKER_FAILURES", "10"),
+        ],
+    );
+    // Every document of the first bulk is indexed, but the sidecar never hears it: it retries
+    // the same observations, and the index answers 409 (already current) for each.
+    proxy.lose_bulk_answers(1);
+    stub.put_operation(op_a_finished());
+    let r = app::start(&env).await;
+    wait_all(&s, &op_a_finished(), "26 links").await;
+    wait_for(WAIT, "the retry answered 409", || async {
+        (r.shared.stats.documents_already_current.get() > 0).then_some(())
+    })
+    .await;
+    assert_exactly_once(&s, &op_a_finished()).await;
+    assert!(
+        json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty(),
+        "a 409 is success, never a dead letter"
+    );
+    assert_eq!(r.shared.stats.documents_dead_lettered.get(), 0);
+    app::stop(r).await;
+    s.delete_index().await;
+}
+
+#[tokio::test]
 async fn throttling_is_retried_and_a_hanging_server_opens_the_breaker() {
     let stub = CalderaStub::start().await;
     let proxy = Proxy::start(&search_url()).await;
@@ -433,6 +487,8 @@ async fn throttling_is_retried_and_a_hanging_server_opens_the_breaker() {
     stub.put_operation(op_a_finished());
     let r = app::start(&env).await;
     wait_all(&s, &op_a_finished(), "26 links despite 503 and 429").await;
+    // The operation document may come out of the spool after its links (the breaker opened).
+    wait_for(WAIT, "op doc", || async { s.operation(OP_A_ID).await }).await;
     assert_exactly_once(&s, &op_a_finished()).await;
     assert!(r.shared.stats.documents_retried.get() > 0);
     assert!(json_files(&dir_of(&env, "DEAD_LETTER_DIR")).is_empty());

@@ -34,6 +34,8 @@ const KINDS: &[(RouteKind, &str)] = &[
     (RouteKind::Report, "POST …/report"),
     (RouteKind::EventLogs, "POST …/event-logs"),
     (RouteKind::Agents, "GET agents"),
+    (RouteKind::Config, "GET config/agents"),
+    (RouteKind::DeployCommands, "GET deploy_commands"),
     (RouteKind::Other, "other"),
 ];
 

@@ -195,7 +195,12 @@ const KEYS: &[Key] = &[
 ];
 
 /// Every key table: the core one, then each capability's.
-pub(crate) const TABLES: &[&[Key]] = &[KEYS, crate::caldera::intake::KEYS];
+pub(crate) const TABLES: &[&[Key]] = &[
+    KEYS,
+    crate::enroll::KEYS,
+    crate::agents::KEYS,
+    crate::caldera::intake::KEYS,
+];
 
 /// All keys, in table order.
 pub(crate) fn all() -> impl Iterator<Item = &'static Key> {

@@ -108,6 +108,8 @@ pub struct Settings {
     pub report_output_dir: PathBuf,
     pub company_name: String,
     pub logo_path: Option<PathBuf>,
+    pub enroll: crate::enroll::EnrollSettings,
+    pub agents: crate::agents::AgentsSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -372,6 +374,8 @@ impl Layered {
         };
         let spool_dir = path("SPOOL_DIR", self.get("SPOOL_DIR"))?;
         let intake = crate::caldera::intake::IntakeSettings::from_layered(self, &spool_dir)?;
+        let enroll = crate::enroll::EnrollSettings::from_layered(self)?;
+        let agents = crate::agents::AgentsSettings::from_layered(self, &auth)?;
         Ok(Settings {
             intake,
             caldera: CalderaSettings {
@@ -430,6 +434,8 @@ impl Layered {
             report_output_dir: path("REPORT_OUTPUT_DIR", self.get("REPORT_OUTPUT_DIR"))?,
             company_name: self.get("COMPANY_NAME").to_string(),
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
+            enroll,
+            agents,
         })
     }
 }

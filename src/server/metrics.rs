@@ -21,7 +21,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PREFIX: &str = "caldera_sidecar_";
 
 /// Counters of [`Stats`], by name, with their help text.
-fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 19] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 20] {
     [
         ("polls_ok", "Caldera polls completed.", &s.polls_ok),
         (
@@ -113,6 +113,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, &Counter); 19] {
             "spool_write_failures",
             "Failed writes to the spool.",
             &s.spool_write_failures,
+        ),
+        (
+            "documents_lost_at_stop",
+            "Documents neither indexed nor spooled when the daemon stopped.",
+            &s.documents_lost_at_stop,
         ),
     ]
 }
@@ -341,6 +346,34 @@ pub fn render(shared: &Shared, host: &HostSnapshot, level: Level) -> String {
             o.family(name, kind, help);
         }
         o.sample(name, &labels, v);
+    }
+
+    let agents = shared.agents_status();
+    if agents.interval.is_some() {
+        o.family(
+            "agents_live",
+            "gauge",
+            "Caldera agents alive per client (Caldera's rule: last seen within sleep_max + untrusted_timer).",
+        );
+        for (client, n) in &agents.clients {
+            o.sample(
+                "agents_live",
+                &format!("client=\"{}\"", label(client)),
+                n.live as f64,
+            );
+        }
+        o.family(
+            "agents",
+            "gauge",
+            "Caldera agents known per client, alive or not.",
+        );
+        for (client, n) in &agents.clients {
+            o.sample(
+                "agents",
+                &format!("client=\"{}\"", label(client)),
+                n.total as f64,
+            );
+        }
     }
 
     o.histogram(

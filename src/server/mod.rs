@@ -4,6 +4,8 @@
 //!   with one check per dependency ([`health`]).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]).
 //! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
+//! * `GET /api/v2/enroll` — agent enrollment one-liners (`crate::enroll::http`), merged in
+//!   by the caller through `extra`.
 //!
 //! Handlers only read [`Shared`] and the latest host sample; they never call Caldera or
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
@@ -40,8 +42,14 @@ pub struct AppState {
     key: Option<Arc<auth::KeyCheck>>,
 }
 
-/// The routes, with the guard applied. `host` is filled by [`probes::sample_host`].
-pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostReadings>) -> Router {
+/// The routes, with the guard applied. `host` is filled by [`probes::sample_host`]; `extra`
+/// holds a capability's own routes (state already applied), guarded like the others.
+pub fn router(
+    settings: &Settings,
+    shared: Arc<Shared>,
+    host: Arc<probes::HostReadings>,
+    extra: Router,
+) -> Router {
     let state = AppState {
         shared,
         host,
@@ -57,13 +65,14 @@ pub fn router(settings: &Settings, shared: Arc<Shared>, host: Arc<probes::HostRe
         .route("/metrics", get(metrics_handler))
         .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
         .route(crate::caldera::push::PATH, post(events_handler))
+        .with_state(state.clone())
+        .merge(extra)
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
         // caller cannot even learn which paths exist.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
         ))
-        .with_state(state)
 }
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -111,12 +120,13 @@ async fn metrics_handler(State(st): State<AppState>) -> Response {
 pub async fn serve(
     settings: &Settings,
     shared: Arc<Shared>,
+    extra: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(settings.health_bind).await?;
     let local = listener.local_addr()?;
     let host = Arc::new(probes::HostReadings::default());
-    let app = router(settings, shared, host.clone());
+    let app = router(settings, shared, host.clone(), extra);
     let sampler = tokio::spawn(probes::sample_host(
         settings.spool_dir.clone(),
         host,

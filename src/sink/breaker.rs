@@ -87,6 +87,15 @@ impl Breaker {
     }
 
     /// When a rejected caller may ask again.
+    /// Whether [`Breaker::permit`] would let a request through now, without taking the probe.
+    pub fn would_permit(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen => !self.probe_in_flight,
+        }
+    }
+
     pub fn next_probe(&self) -> Option<Instant> {
         match self.state {
             State::Open { until } => Some(until),

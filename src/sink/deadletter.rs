@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::spool::{file_name, fsync_dir, write_durably};
+use super::durable::{fsync_dir, private_dir, write_durably};
+use super::spool::file_name;
 use crate::document::Encoded;
 use crate::document::types::Timestamp;
 
@@ -27,9 +28,47 @@ struct Letter<'a> {
     document_text: Option<String>,
 }
 
-/// Writes one dead letter atomically; returns its path.
+/// Writes one dead letter atomically and durably; returns its path.
 pub fn write(dir: &Path, index: &str, doc: &Encoded, reason: &str) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    let mut written = write_all(dir, index, [(doc, reason)]);
+    written
+        .pop()
+        .unwrap_or_else(|| Err(io::Error::other("no dead letter written")))
+}
+
+/// Writes several dead letters, each atomically, with one directory fsync for all of them
+/// (blocking: call it off the async runtime). One result per letter, in order; a failed
+/// directory fsync fails them all, since none is durable then.
+pub fn write_all<'a>(
+    dir: &Path,
+    index: &str,
+    letters: impl IntoIterator<Item = (&'a Encoded, &'a str)>,
+) -> Vec<io::Result<PathBuf>> {
+    let letters: Vec<_> = letters.into_iter().collect();
+    if let Err(e) = private_dir(dir) {
+        return letters
+            .iter()
+            .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+            .collect();
+    }
+    let mut out: Vec<io::Result<PathBuf>> = letters
+        .iter()
+        .map(|(doc, reason)| write_one(dir, index, doc, reason))
+        .collect();
+    if out.iter().any(Result::is_ok)
+        && let Err(e) = fsync_dir(dir)
+    {
+        for r in out.iter_mut().filter(|r| r.is_ok()) {
+            *r = Err(io::Error::new(
+                e.kind(),
+                format!("directory fsync failed: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+fn write_one(dir: &Path, index: &str, doc: &Encoded, reason: &str) -> io::Result<PathBuf> {
     let raw: Option<&RawValue> = std::str::from_utf8(&doc.body)
         .ok()
         .and_then(|s| serde_json::from_str(s).ok());
@@ -47,7 +86,6 @@ pub fn write(dir: &Path, index: &str, doc: &Encoded, reason: &str) -> io::Result
     let bytes = serde_json::to_vec_pretty(&letter).map_err(io::Error::other)?;
     let name = file_name(doc.version, &doc.id);
     write_durably(dir, &name, &bytes)?;
-    fsync_dir(dir)?;
     Ok(dir.join(name))
 }
 

@@ -10,14 +10,22 @@
 //! to `ELK_MAX_RETRIES`; other 4xx items become dead letters. Whatever is still not delivered
 //! then — or everything, while the breaker is open — goes to the spool, which is drained
 //! oldest first as soon as Elasticsearch takes writes again. A spooled file is deleted only
-//! after the index acknowledged its document.
+//! after the index acknowledged its document, or after its dead letter is durably written.
+//!
+//! Stopping: the sink is given a deadline ([`Sink::stop_by`]). From then on a batch that is
+//! retrying makes one final attempt, no request outlives the deadline, and once Elasticsearch
+//! failed (or the deadline passed) everything left goes straight to the spool.
 
 pub mod breaker;
 pub mod deadletter;
+mod drain;
+pub mod durable;
 pub mod elastic;
+pub mod fallback;
 pub mod replay;
 pub mod retry;
 pub mod spool;
+pub mod summary;
 pub mod template;
 
 use std::path::PathBuf;
@@ -25,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use elasticsearch::Elasticsearch;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{ElasticSettings, Settings};
 use crate::document::{Encoded, Unsaved};
@@ -38,6 +46,14 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// How often an idle sink looks at a non-empty spool.
 const DRAIN_TICK: Duration = Duration::from_millis(250);
+/// Interval of the summarised error lines (refused documents, failed dead letters).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long spooled documents whose dead letter could not be written (or whose file could
+/// not be read) are left out before they are tried again.
+const HOLD_RETRY: Duration = Duration::from_secs(10);
+
+/// When the sink must have everything indexed or spooled; `None` while running.
+pub type StopDeadline = watch::Receiver<Option<tokio::time::Instant>>;
 
 /// What happened to the items of one bulk request.
 pub struct BulkResult {
@@ -71,6 +87,15 @@ pub struct Sink {
     dead_letter_dir: PathBuf,
     dead_letters: u64,
     spool_full: bool,
+    stop: StopDeadline,
+    /// A request failed or was cut while stopping: the rest goes straight to the spool.
+    failed_while_stopping: bool,
+    /// Refused documents written as dead letters, logged summarised.
+    refused_log: summary::Summary,
+    /// Refused documents whose dead letter could not be written, logged summarised.
+    unlettered_log: summary::Summary,
+    /// When held spool documents were last made eligible again.
+    held_released: Instant,
 }
 
 fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
@@ -115,9 +140,31 @@ impl Sink {
             dead_letter_dir: settings.dead_letter_dir.clone(),
             dead_letters: deadletter::count(&settings.dead_letter_dir),
             spool_full: false,
+            // A sender dropped at once: never stopping, until `stop_by` is called.
+            stop: watch::channel(None).1,
+            failed_while_stopping: false,
+            refused_log: summary::Summary::new(LOG_INTERVAL),
+            unlettered_log: summary::Summary::new(LOG_INTERVAL),
+            held_released: Instant::now(),
         };
         s.publish();
         Ok(s)
+    }
+
+    /// Gives the sink the signal that carries its shutdown deadline.
+    pub fn stop_by(&mut self, stop: StopDeadline) {
+        self.stop = stop;
+    }
+
+    /// The shutdown deadline, once stopping.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        *self.stop.borrow()
+    }
+
+    /// Stopping, and Elasticsearch already failed or the deadline passed: spool, do not send.
+    fn must_spool_now(&self) -> bool {
+        self.deadline()
+            .is_some_and(|d| self.failed_while_stopping || tokio::time::Instant::now() >= d)
     }
 
     fn publish(&self) {
@@ -157,11 +204,12 @@ impl Sink {
 
     /// Delivers batches until the channel closes (the watcher stopped), draining the spool
     /// whenever Elasticsearch takes writes. Returns once everything received is indexed or
-    /// spooled.
+    /// spooled (what could be neither is counted in `documents_lost_at_stop`).
     pub async fn run(mut self, mut rx: mpsc::Receiver<Encoded>) {
         let max = self.settings.bulk_max_docs;
         loop {
-            let draining = !self.spool_is_empty();
+            // No draining while stopping: the spool keeps its documents for the next start.
+            let draining = !self.spool_is_empty() && self.deadline().is_none();
             tokio::select! {
                 biased;
                 first = rx.recv() => {
@@ -180,15 +228,34 @@ impl Sink {
                     self.deliver(batch, last).await;
                 }
                 _ = tokio::time::sleep(DRAIN_TICK), if draining => {}
+                _ = tokio::time::sleep(LOG_INTERVAL) => {}
             }
-            if !self.spool_is_empty() {
+            self.flush_logs(false);
+            if !self.spool_is_empty() && self.deadline().is_none() {
                 self.drain_step().await;
             }
         }
+        self.flush_logs(true);
         tracing::info!(
             spooled = lock(&self.spool).len(),
-            "sink stopped; everything received is indexed or spooled"
+            lost = self.shared.stats.documents_lost_at_stop.get(),
+            "sink stopped; everything received is indexed or spooled unless counted as lost"
         );
+    }
+
+    /// Logs the summaries of refused documents whose interval is over (all of them at the end).
+    fn flush_logs(&mut self, end: bool) {
+        let now = Instant::now();
+        let (a, b) = if end {
+            (
+                self.refused_log.finish(now),
+                self.unlettered_log.finish(now),
+            )
+        } else {
+            (self.refused_log.flush(now), self.unlettered_log.flush(now))
+        };
+        log_refused(a.into_iter().collect(), None);
+        log_unlettered(b.into_iter().collect(), None);
     }
 
     fn on_request_failure(&mut self, reason: &str) {
@@ -221,7 +288,16 @@ impl Sink {
         let stats = &self.shared.stats;
         stats.bulk_requests.inc();
         let started = Instant::now();
-        let result = send_bulk(&self.es, &self.settings.index, docs, self.settings.timeout).await;
+        let send = send_bulk(&self.es, &self.settings.index, docs, self.settings.timeout);
+        let Some(result) = until_deadline(send, &mut self.stop).await else {
+            stats.bulk_failures.inc();
+            self.failed_while_stopping = true;
+            tracing::warn!(
+                documents = docs.len(),
+                "shutdown deadline reached while Elasticsearch had not answered; the documents go to the spool"
+            );
+            return None;
+        };
         stats.bulk_seconds.observe(started.elapsed());
         match result {
             Ok(r) => {
@@ -253,6 +329,9 @@ impl Sink {
                 });
                 tracing::warn!(error = %msg, documents = docs.len(), "bulk request failed");
                 self.on_request_failure(&msg);
+                if self.deadline().is_some() {
+                    self.failed_while_stopping = true;
+                }
                 None
             }
         }
@@ -269,23 +348,37 @@ impl Sink {
         let mut pending = docs;
         let mut attempt = 0u32;
         while !pending.is_empty() {
-            if self.breaker.permit(Instant::now()) == Permit::Reject {
+            if self.must_spool_now() || self.breaker.permit(Instant::now()) == Permit::Reject {
                 self.spool_docs(pending).await;
                 return;
             }
             if let Some(outcomes) = self.attempt(&pending).await {
                 let mut again = Vec::new();
+                let mut refused = Vec::new();
                 for (doc, outcome) in pending.into_iter().zip(outcomes) {
-                    if let Some(doc) = self.settle_item(doc, outcome) {
-                        again.push(doc);
+                    match outcome {
+                        ItemOutcome::Reject(reason) => refused.push((doc, reason)),
+                        outcome => again.extend(self.settle_item(doc, outcome)),
                     }
+                }
+                // A refused document whose dead letter cannot be written is kept in the
+                // spool, never dropped.
+                let unlettered = self.dead_letter_all(refused).await;
+                if !unlettered.is_empty() {
+                    self.spool_docs(unlettered.into_iter().map(|(d, _)| d).collect())
+                        .await;
                 }
                 pending = again;
             }
             if pending.is_empty() {
                 break;
             }
-            if final_attempt || attempt >= self.settings.max_retries || !self.breaker.is_closed() {
+            // Stopping since (or during) this attempt: it was the final one.
+            if final_attempt
+                || self.deadline().is_some()
+                || attempt >= self.settings.max_retries
+                || !self.breaker.is_closed()
+            {
                 self.spool_docs(pending).await;
                 return;
             }
@@ -300,12 +393,14 @@ impl Sink {
                 ?wait,
                 "retrying bulk items"
             );
-            tokio::time::sleep(wait).await;
+            // A stop during the wait ends it: the next attempt is the final one.
+            let _ = until_stop(tokio::time::sleep(wait), &mut self.stop).await;
             attempt += 1;
         }
     }
 
-    /// Books one item's outcome; returns the document if it should be tried again.
+    /// Books the outcome of an item that was not refused; returns the document if it should
+    /// be tried again.
     fn settle_item(&mut self, doc: Encoded, outcome: ItemOutcome) -> Option<Encoded> {
         let stats = &self.shared.stats;
         match outcome {
@@ -322,29 +417,60 @@ impl Sink {
                 lock(&self.spool).forget_older(&doc.id, doc.version);
                 None
             }
-            ItemOutcome::Retry(_) => Some(doc),
-            ItemOutcome::Reject(reason) => {
-                self.dead_letter(&doc, &reason);
-                None
-            }
+            ItemOutcome::Retry(_) | ItemOutcome::Reject(_) => Some(doc),
         }
     }
 
-    fn dead_letter(&mut self, doc: &Encoded, reason: &str) {
-        self.shared.stats.documents_rejected.inc();
-        match deadletter::write(&self.dead_letter_dir, &self.settings.index, doc, reason) {
-            Ok(path) => {
-                self.dead_letters += 1;
-                self.shared.stats.documents_dead_lettered.inc();
-                tracing::error!(id = %doc.id, reason, path = %path.display(), "Elasticsearch refused a document; written to the dead-letter directory, not retried");
-            }
+    /// Writes the dead letters of refused documents off the async runtime (one directory
+    /// fsync for the batch); returns the documents whose dead letter could not be written.
+    async fn dead_letter_all(&mut self, refused: Vec<(Encoded, String)>) -> Vec<(Encoded, String)> {
+        if refused.is_empty() {
+            return refused;
+        }
+        self.shared
+            .stats
+            .documents_rejected
+            .add(refused.len() as u64);
+        let dir = self.dead_letter_dir.clone();
+        let index = self.settings.index.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let results =
+                deadletter::write_all(&dir, &index, refused.iter().map(|(d, r)| (d, r.as_str())));
+            (refused, results)
+        });
+        let (refused, results) = match job.await {
+            Ok(r) => r,
             Err(e) => {
-                // Not even the dead letter could be written: hand it back to the watcher.
-                tracing::error!(id = %doc.id, reason, error = %e, "Elasticsearch refused a document and the dead letter could not be written");
-                let _ = self.unsaved.send(Unsaved::of(doc));
+                // The documents went with the task: the watcher sends them again.
+                tracing::error!(error = %e, "dead-letter task failed");
+                return Vec::new();
+            }
+        };
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for ((doc, reason), result) in refused.into_iter().zip(results) {
+            match result {
+                Ok(path) => {
+                    self.dead_letters += 1;
+                    self.shared.stats.documents_dead_lettered.inc();
+                    let lines = self.refused_log.note(&doc.id, &reason, now);
+                    log_refused(lines, Some(&path));
+                }
+                Err(e) => {
+                    let lines = self.unlettered_log.note(&doc.id, &reason, now);
+                    log_unlettered(lines, Some(&e));
+                    last_error = Some(e.to_string());
+                    failed.push((doc, reason));
+                }
             }
         }
+        let dir = self.dead_letter_dir.display().to_string();
+        self.shared.spool(|s| {
+            s.dead_letter_error = last_error.map(|e| format!("{dir}: {e}"));
+        });
         self.publish();
+        failed
     }
 
     /// Writes documents to the spool (off the async threads: fsync blocks).
@@ -379,89 +505,17 @@ impl Sink {
                 }
                 self.spool_full = matches!(err, SpoolError::Full(_)) || is_no_space(&err);
                 self.shared.spool(|s| s.last_error = Some(msg));
+                if self.deadline().is_some() {
+                    // Nobody will send these again in this process: the exit code says so.
+                    self.shared
+                        .stats
+                        .documents_lost_at_stop
+                        .add(rest.len() as u64);
+                }
                 for d in rest {
                     let _ = self.unsaved.send(Unsaved::of(&d));
                 }
             }
-        }
-        self.publish();
-    }
-
-    /// Sends the oldest spooled documents, if the breaker lets us.
-    async fn drain_step(&mut self) {
-        if self.breaker.permit(Instant::now()) == Permit::Reject {
-            return;
-        }
-        let keys = lock(&self.spool).oldest_keys(self.settings.bulk_max_docs);
-        let spool = self.spool.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let s = lock(&spool);
-            keys.into_iter()
-                .map(|k| {
-                    let r = s.read(&k);
-                    (k, r)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        let mut docs = Vec::with_capacity(read.len());
-        let mut keys = Vec::with_capacity(read.len());
-        for (k, r) in read {
-            match r {
-                Ok(d) => {
-                    keys.push(k);
-                    docs.push(d);
-                }
-                Err(e) => {
-                    tracing::error!(file = %spool::file_name(k.0, &k.1), error = %e, "unreadable spool file left in place");
-                }
-            }
-        }
-        if docs.is_empty() {
-            // Every file unreadable: do not spin on them.
-            self.breaker.on_success();
-            return;
-        }
-        let Some(outcomes) = self.attempt(&docs).await else {
-            return;
-        };
-        let mut done = Vec::new();
-        for ((key, doc), outcome) in keys.into_iter().zip(docs).zip(outcomes) {
-            match outcome {
-                ItemOutcome::Done | ItemOutcome::AlreadyCurrent => {
-                    self.shared.stats.documents_replayed.inc();
-                    if matches!(outcome, ItemOutcome::Done) {
-                        self.shared.stats.documents_indexed.inc();
-                    }
-                    done.push(key);
-                }
-                ItemOutcome::Retry(_) => {}
-                ItemOutcome::Reject(reason) => {
-                    self.dead_letter(&doc, &reason);
-                    done.push(key);
-                }
-            }
-        }
-        let n = done.len();
-        let spool = self.spool.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut s = lock(&spool);
-            for k in done {
-                if let Err(e) = s.remove(&k) {
-                    tracing::error!(error = %e, "cannot delete a replayed spool file");
-                }
-            }
-        })
-        .await;
-        let left = lock(&self.spool).len();
-        if n > 0 && self.spool_full {
-            // Files left the spool: there is room again (the next write re-checks anyway).
-            self.spool_full = false;
-            tracing::info!("spool has room again");
-        }
-        if n > 0 {
-            tracing::info!(replayed = n, left, "spool drained a batch");
         }
         self.publish();
     }
@@ -481,4 +535,90 @@ fn since_observed(doc: &Encoded) -> Duration {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     Duration::from_micros(now.saturating_sub(doc.version))
+}
+
+/// Awaits `fut`, but once stopping no longer than the shutdown deadline (`None` when cut).
+async fn until_deadline<F: std::future::Future>(
+    fut: F,
+    stop: &mut StopDeadline,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let deadline = *stop.borrow_and_update();
+        if let Some(d) = deadline {
+            return tokio::time::timeout_at(d, fut).await.ok();
+        }
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // Nobody can stop us any more: no deadline.
+                    return Some(fut.await);
+                }
+            }
+        }
+    }
+}
+
+/// Awaits `fut` unless the stop signal comes first (`None` then).
+async fn until_stop<F: std::future::Future>(fut: F, stop: &mut StopDeadline) -> Option<F::Output> {
+    if stop.borrow_and_update().is_some() {
+        return None;
+    }
+    tokio::pin!(fut);
+    tokio::select! {
+        out = &mut fut => Some(out),
+        changed = stop.changed() => match changed {
+            Ok(()) => None,
+            Err(_) => Some(fut.await),
+        },
+    }
+}
+
+fn log_refused(lines: Vec<summary::Line>, path: Option<&std::path::Path>) {
+    for line in lines {
+        match line {
+            summary::Line::First { id, reason } => tracing::error!(
+                %id,
+                reason,
+                path = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+                "Elasticsearch refused a document; written to DEAD_LETTER_DIR, not retried \
+                 (more refusals within 10 s are logged as one summary line)"
+            ),
+            summary::Line::Summary {
+                count,
+                first_reason,
+                seconds,
+            } => tracing::error!(
+                count,
+                first_reason,
+                seconds,
+                "Elasticsearch refused more documents; all written to DEAD_LETTER_DIR"
+            ),
+        }
+    }
+}
+
+fn log_unlettered(lines: Vec<summary::Line>, error: Option<&std::io::Error>) {
+    for line in lines {
+        match line {
+            summary::Line::First { id, reason } => tracing::error!(
+                %id,
+                reason,
+                error = %error.map(ToString::to_string).unwrap_or_default(),
+                "Elasticsearch refused a document and its dead letter could not be written: \
+                 it stays in the spool and is tried again later; make DEAD_LETTER_DIR writable"
+            ),
+            summary::Line::Summary {
+                count,
+                first_reason,
+                seconds,
+            } => tracing::error!(
+                count,
+                first_reason,
+                seconds,
+                "more refused documents could not be dead-lettered; they stay in the spool"
+            ),
+        }
+    }
 }

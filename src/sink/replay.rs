@@ -12,13 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use elasticsearch::Elasticsearch;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::retry::{ItemOutcome, backoff};
-use super::spool;
+use super::{fallback, spool};
 use crate::document::Encoded;
-use crate::document::sanitize::{clean_keyword, clean_text};
-use crate::document::types::{OperationId, Tactic, TechniqueId, Timestamp};
 
 const BATCH: usize = 1000;
 const ATTEMPTS: u32 = 6;
@@ -32,6 +30,11 @@ pub struct Summary {
     pub rejected: BTreeMap<String, usize>,
     /// Files that are not a spool, dead-letter or fallback file, with why.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Entries not read at all (links, non-regular files, other owners), with why.
+    pub refused: Vec<(PathBuf, String)>,
+    /// The reference plugin's fallback files, one by one: which document each describes and
+    /// what happened to it.
+    pub per_file: Vec<(PathBuf, String)>,
     /// Documents still not accepted after every retry (429/5xx).
     pub not_delivered: usize,
     pub deleted: usize,
@@ -40,12 +43,26 @@ pub struct Summary {
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.rejected.is_empty() && self.unreadable.is_empty() && self.not_delivered == 0
+        self.rejected.is_empty()
+            && self.unreadable.is_empty()
+            && self.refused.is_empty()
+            && self.not_delivered == 0
     }
 }
 
 /// Turns one file into the document to index, whatever kind of file it is.
 pub fn parse_file(name: &str, bytes: Vec<u8>, mtime_micros: u64) -> Result<Encoded, String> {
+    parse_described(name, bytes, mtime_micros).map(|(d, _)| d)
+}
+
+/// As [`parse_file`], with a description of the document for the files reported one by one
+/// (the reference plugin's fallback files).
+fn parse_described(
+    name: &str,
+    bytes: Vec<u8>,
+    mtime_micros: u64,
+) -> Result<(Encoded, Option<String>), String> {
+    let plain = |d: Encoded| (d, None);
     // Dead letters are pretty-printed wrappers starting with "failed_at".
     let head = &bytes[..bytes.len().min(64)];
     let is_letter = head.windows(11).any(|w| w == b"\"failed_at\"");
@@ -64,27 +81,27 @@ pub fn parse_file(name: &str, bytes: Vec<u8>, mtime_micros: u64) -> Result<Encod
             (_, Value::String(t)) => t.clone().into_bytes(),
             _ => return Err("dead letter without document".into()),
         };
-        return Ok(Encoded { id, version, body });
+        return Ok(plain(Encoded { id, version, body }));
     }
     if let Some((version, id)) = spool::parse_name(name) {
         // A spool file: its name says everything; the content is sent as it is.
-        return Ok(Encoded {
+        return Ok(plain(Encoded {
             id,
             version,
             body: bytes,
-        });
+        }));
     }
     if name.starts_with("fallback_") {
-        return fallback_document(&bytes, mtime_micros);
+        return fallback::parse(&bytes, mtime_micros).map(|p| (p.doc, Some(p.describes)));
     }
     // Any other document written by the sidecar carries its id and version.
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
     match (v["event"]["id"].as_str(), v["sidecar"]["sequence"].as_u64()) {
-        (Some(id), Some(version)) => Ok(Encoded {
+        (Some(id), Some(version)) => Ok(plain(Encoded {
             id: id.to_string(),
             version,
             body: bytes,
-        }),
+        })),
         _ => Err(
             "not a sidecar spool, dead-letter or fallback file (no event.id / sidecar.sequence)"
                 .into(),
@@ -92,106 +109,49 @@ pub fn parse_file(name: &str, bytes: Vec<u8>, mtime_micros: u64) -> Result<Encod
     }
 }
 
-fn str_list(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(String::from))
-            .collect(),
-        Value::String(s) => s
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The reference plugin's fallback file: one operation document with the user guide's fields
-/// (`operation_id`, `operation_name`, `purple_team_exercise`, `tags`, `client_id`,
-/// `timestamp`, `techniques`, `tactics`, `severity`, `auto_close`, `agent_count`, `status`).
-/// It becomes the same operation document the sidecar writes, validated the same way; its
-/// version is its timestamp, so anything the sidecar observed later wins.
-pub fn fallback_document(bytes: &[u8], mtime_micros: u64) -> Result<Encoded, String> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("fallback file is not JSON: {e}"))?;
-    let op_id =
-        OperationId::parse(v["operation_id"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
-    let ts = v["timestamp"].as_str().and_then(|t| {
-        Timestamp::parse(t)
-            .or_else(|_| Timestamp::parse(&format!("{t}Z")))
-            .ok()
-    });
-    let version = ts
-        .map(|t| (t.unix_seconds().max(0) as u64) * 1_000_000)
-        .filter(|v| *v > 0)
-        .unwrap_or(mtime_micros);
-    let ts = ts.unwrap_or_else(|| Timestamp::from_unix_micros(version));
-    let mut techniques: Vec<TechniqueId> = str_list(&v["techniques"])
-        .iter()
-        .filter_map(|t| TechniqueId::parse(t).ok())
-        .collect();
-    techniques.sort();
-    techniques.dedup();
-    let total = techniques.len();
-    techniques.truncate(crate::document::MAX_TECHNIQUES);
-    let mut tactics: Vec<Tactic> = str_list(&v["tactics"])
-        .iter()
-        .filter_map(|t| Tactic::parse(t).ok())
-        .collect();
-    tactics.sort();
-    tactics.dedup();
-    let mut tags = vec![
-        "purple_team".to_string(),
-        "simulation".into(),
-        "caldera".into(),
-    ];
-    for t in str_list(&v["tags"]) {
-        let t = clean_keyword(&t, 256);
-        if !t.is_empty() && !tags.contains(&t) {
-            tags.push(t);
+/// Lists the JSON files of `dir`, oldest name first, and the entries refused with why: only
+/// regular files owned by the user running the replay are read. A symbolic link (to a private
+/// file elsewhere, say) or a file someone else planted is never followed or indexed.
+fn list(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<Refused>)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut files = Vec::new();
+    let mut refused = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        // `symlink_metadata`: the entry itself, never what a link points to.
+        match std::fs::symlink_metadata(&p) {
+            Err(e) => refused.push((p, format!("cannot inspect: {e}"))),
+            Ok(m) if m.file_type().is_symlink() => {
+                refused.push((p, "symbolic link: not followed".into()))
+            }
+            Ok(m) if !m.file_type().is_file() => refused.push((p, "not a regular file".into())),
+            Ok(m) if m.uid() != me => refused.push((
+                p,
+                format!(
+                    "owned by uid {}, not by the user running replay (uid {me})",
+                    m.uid()
+                ),
+            )),
+            Ok(_) => files.push(p),
         }
     }
-    let id = crate::document::operation_doc_id(&op_id);
-    let doc = json!({
-        "@timestamp": ts,
-        "operation_id": op_id,
-        "operation_name": clean_text(v["operation_name"].as_str().unwrap_or(""), 512),
-        "purple_team_exercise": true,
-        "tags": tags,
-        "client_id": clean_keyword(v["client_id"].as_str().unwrap_or("all"), 256),
-        "timestamp": ts,
-        "techniques": techniques,
-        "technique_count_total": total,
-        "tactics": tactics,
-        "severity": clean_keyword(v["severity"].as_str().unwrap_or("low"), 32),
-        "auto_close": v["auto_close"].as_bool().unwrap_or(false),
-        "agent_count": v["agent_count"].as_u64().unwrap_or(0),
-        "status": clean_keyword(v["status"].as_str().unwrap_or("unknown"), 64),
-        "settled": false,
-        "event": {"kind": "event", "module": "caldera", "dataset": "caldera.operation", "id": id},
-        "threat": {"framework": "MITRE ATT&CK", "technique": {"id": techniques}, "tactic": {"name": tactics}},
-        "sidecar": {"sequence": version, "observed_at": ts, "source": "reference-plugin-fallback"},
-    });
-    Ok(Encoded {
-        id,
-        version,
-        body: serde_json::to_vec(&doc).map_err(|e| e.to_string())?,
-    })
-}
-
-/// Lists the JSON files of `dir`, oldest name first.
-fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-        .collect();
     files.sort();
-    Ok(files)
+    refused.sort();
+    Ok((files, refused))
 }
 
-fn read_batch(paths: &[PathBuf]) -> Vec<(PathBuf, Result<Encoded, String>)> {
+type Read = Result<(Encoded, Option<String>), String>;
+
+/// A directory entry replay would not read, and why.
+type Refused = (PathBuf, String);
+
+fn read_batch(paths: &[PathBuf]) -> Vec<(PathBuf, Read)> {
     paths
         .iter()
         .map(|p| {
@@ -208,7 +168,7 @@ fn read_batch(paths: &[PathBuf]) -> Vec<(PathBuf, Result<Encoded, String>)> {
                         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                         .map(|d| d.as_micros() as u64)
                         .unwrap_or(1);
-                    parse_file(&name, bytes, mtime)
+                    parse_described(&name, bytes, mtime)
                 });
             (p.clone(), res)
         })
@@ -225,9 +185,10 @@ pub async fn replay_dir(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Summary, String> {
     let started = Instant::now();
-    let files = list(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let (files, refused) = list(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut summary = Summary {
         files: files.len(),
+        refused,
         ..Summary::default()
     };
     // Read the next batch from disk while the current one is being indexed.
@@ -241,18 +202,26 @@ pub async fn replay_dir(
     });
     let mut done = 0usize;
     while let Some(batch) = rx.recv().await {
-        let mut paths = Vec::with_capacity(batch.len());
-        let mut docs = Vec::with_capacity(batch.len());
+        let mut pending: Vec<(PathBuf, Encoded)> = Vec::with_capacity(batch.len());
+        let mut described = std::collections::HashMap::new();
         for (p, r) in batch {
             match r {
-                Ok(d) => {
-                    paths.push(p);
-                    docs.push(d);
+                Ok((d, what)) => {
+                    if let Some(what) = what {
+                        described.insert(p.clone(), what);
+                    }
+                    pending.push((p, d));
                 }
                 Err(why) => summary.unreadable.push((p, why)),
             }
         }
-        let mut pending: Vec<(PathBuf, Encoded)> = paths.into_iter().zip(docs).collect();
+        let report = |summary: &mut Summary, p: &PathBuf, done: &str| {
+            if let Some(what) = described.get(p) {
+                summary
+                    .per_file
+                    .push((p.clone(), format!("{what}: {done}")));
+            }
+        };
         let mut attempt = 0;
         let mut acked = Vec::new();
         while !pending.is_empty() {
@@ -264,14 +233,21 @@ pub async fn replay_dir(
                         match o {
                             ItemOutcome::Done => {
                                 summary.indexed += 1;
+                                report(&mut summary, &p, "indexed");
                                 acked.push(p);
                             }
                             ItemOutcome::AlreadyCurrent => {
                                 summary.already_present += 1;
+                                report(
+                                    &mut summary,
+                                    &p,
+                                    "already present (the index holds a newer or the sidecar's own, complete document; kept)",
+                                );
                                 acked.push(p);
                             }
                             ItemOutcome::Retry(_) => again.push((p, d)),
                             ItemOutcome::Reject(why) => {
+                                report(&mut summary, &p, &format!("refused: {why}"));
                                 *summary.rejected.entry(why).or_default() += 1;
                             }
                         }
@@ -296,6 +272,13 @@ pub async fn replay_dir(
             attempt += 1;
             if attempt >= ATTEMPTS {
                 summary.not_delivered += pending.len();
+                for (p, _) in &pending {
+                    report(
+                        &mut summary,
+                        p,
+                        "not delivered (Elasticsearch kept refusing with 429/5xx)",
+                    );
+                }
                 break;
             }
             tokio::time::sleep(backoff(
@@ -323,6 +306,7 @@ pub async fn replay_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn reference_fallback_becomes_an_operation_document() {
@@ -333,7 +317,8 @@ mod tests {
             "agent_count": 1, "status": "finished"}"#;
         let e = parse_file("fallback_20261128154148_a249d6e7.json", file.to_vec(), 1).unwrap();
         assert_eq!(e.id, "op-a249d6e7-9272-439e-93d1-124e2e915a1c");
-        assert_eq!(e.version, 1_795_880_508_000_000);
+        // Milliseconds: any observation of the sidecar (microseconds) wins over it.
+        assert_eq!(e.version, 1_795_880_508_000);
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(v["techniques"], json!(["T1033", "T1087.001"]));
         assert_eq!(v["tactics"], json!(["defense-evasion", "discovery"]));

@@ -10,12 +10,13 @@
 //! A low-disk guard refuses to write when the filesystem would drop below `DISK_CRITICAL_GB`
 //! free or the spool would exceed `SPOOL_MAX_MB`; what is already spooled is never touched.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use super::durable::{fsync_dir, write_durably};
 use crate::document::Encoded;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,11 @@ pub struct Spool {
     entries: BTreeMap<Key, u64>,
     latest: HashMap<String, u64>,
     bytes: u64,
+    /// Spooled documents not to send for now (their dead letter could not be written, or the
+    /// file cannot be read): skipped by [`Spool::oldest_keys`] so they never block newer ones.
+    held: BTreeSet<Key>,
+    /// `fsync_dir`; tests put a failing one here.
+    sync_dir: fn(&Path) -> io::Result<()>,
 }
 
 pub fn file_name(version: u64, id: &str) -> String {
@@ -67,35 +73,11 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-/// Writes `dir/name` so that it is either absent or complete, even across a crash: a temp
-/// file, fsync, rename. (The caller fsyncs the directory, once per batch.)
-pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Spool {
     /// Opens (creating if needed) the spool directory, removes temp files of interrupted writes
     /// (never acknowledged, so never counted as spooled), and indexes what is there.
     pub fn open(dir: &Path, max_bytes: u64, min_free_bytes: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        super::durable::private_dir(dir)?;
         let mut s = Self {
             dir: dir.to_path_buf(),
             max_bytes,
@@ -103,6 +85,8 @@ impl Spool {
             entries: BTreeMap::new(),
             latest: HashMap::new(),
             bytes: 0,
+            held: BTreeSet::new(),
+            sync_dir: fsync_dir,
         };
         let mut superseded = Vec::new();
         for entry in fs::read_dir(dir)? {
@@ -185,8 +169,11 @@ impl Spool {
         Ok(())
     }
 
-    /// Spools documents durably. Returns the documents that could not be written, with the
-    /// error; everything else is on disk (fsynced) when this returns.
+    /// Spools documents durably. Returns how many were written and the documents that could
+    /// not be, with the error; everything counted as written is on disk (fsynced, directory
+    /// included) when this returns. When the directory fsync fails, the renamed files may not
+    /// survive a power cut: they stay in the spool (they may still be drained), but they are
+    /// reported as not written, so the caller keeps them in its own hands too.
     pub fn put(&mut self, docs: Vec<Encoded>) -> (usize, Option<(Vec<Encoded>, SpoolError)>) {
         let mut written = Vec::new();
         let mut failed: Option<(Vec<Encoded>, SpoolError)> = None;
@@ -201,28 +188,39 @@ impl Spool {
                 failed = Some((vec![doc], e));
                 break;
             }
-            self.bytes += size;
-            written.push((doc.version, doc.id, size));
+            if !self.entries.contains_key(&(doc.version, doc.id.clone())) {
+                self.bytes += size;
+            }
+            written.push((doc, size));
         }
         if let Some((rest, _)) = failed.as_mut() {
             rest.extend(iter);
         }
-        if !written.is_empty()
-            && let Err(source) = fsync_dir(&self.dir)
-        {
-            // The renames may not survive a power cut; keep the documents in the caller's hands.
+        let synced = if written.is_empty() {
+            Ok(())
+        } else {
+            (self.sync_dir)(&self.dir)
+        };
+        let mut n = written.len();
+        let mut not_durable = Vec::new();
+        for (doc, size) in written {
+            self.entries.insert((doc.version, doc.id.clone()), size);
+            if synced.is_err() {
+                // Not recorded as the latest copy: the next `put` of it writes it again.
+                not_durable.push(doc);
+            } else if let Some(old) = self.latest.insert(doc.id.clone(), doc.version) {
+                // Only once the newer copy is durable may the older one go.
+                let _ = self.remove(&(old, doc.id));
+            }
+        }
+        if let Err(source) = synced {
+            n = 0;
             let e = SpoolError::Io {
                 path: self.dir.clone(),
                 source,
             };
-            tracing::error!(error = %e, "spool directory fsync failed");
-        }
-        let n = written.len();
-        for (version, id, size) in written {
-            if let Some(old) = self.latest.insert(id.clone(), version) {
-                let _ = self.remove(&(old, id.clone()));
-            }
-            self.entries.insert((version, id), size);
+            not_durable.extend(failed.take().map(|(rest, _)| rest).unwrap_or_default());
+            failed = Some((not_durable, e));
         }
         (n, failed)
     }
@@ -235,9 +233,43 @@ impl Spool {
         })
     }
 
-    /// The `n` oldest keys.
+    /// The `n` oldest keys, leaving out held ones.
     pub fn oldest_keys(&self, n: usize) -> Vec<Key> {
-        self.entries.keys().take(n).cloned().collect()
+        self.entries
+            .keys()
+            .filter(|k| !self.held.contains(*k))
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps a spooled document out of [`Spool::oldest_keys`] until [`Spool::release_held`].
+    pub fn hold(&mut self, key: Key) {
+        if self.entries.contains_key(&key) {
+            self.held.insert(key);
+        }
+    }
+
+    /// Number of held documents.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Makes every held document eligible again (returns how many were held).
+    pub fn release_held(&mut self) -> usize {
+        std::mem::take(&mut self.held).len()
+    }
+
+    /// Forgets a document whose file is gone (someone ran `replay` on the spool by hand, or
+    /// removed it): nothing to delete, nothing to send.
+    pub fn forget(&mut self, key: &Key) {
+        self.held.remove(key);
+        if let Some(size) = self.entries.remove(key) {
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+        if self.latest.get(&key.1) == Some(&key.0) {
+            self.latest.remove(&key.1);
+        }
     }
 
     pub fn read(&self, key: &Key) -> io::Result<Encoded> {
@@ -256,12 +288,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(size) = self.entries.remove(key) {
-            self.bytes = self.bytes.saturating_sub(size);
-        }
-        if self.latest.get(&key.1) == Some(&key.0) {
-            self.latest.remove(&key.1);
-        }
+        self.forget(key);
         Ok(())
     }
 
@@ -329,6 +356,32 @@ mod tests {
         assert_eq!(s.len(), 2);
         s.remove(&(1, "a".into())).unwrap();
         assert_eq!(s.put(rest).0, 1);
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_is_not_reported_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, 0).unwrap();
+        assert_eq!(s.put(vec![doc("a", 1)]).0, 1);
+        s.sync_dir = |_| Err(io::Error::other("injected fsync failure"));
+        let (n, failed) = s.put(vec![doc("a", 2), doc("b", 3)]);
+        assert_eq!(n, 0, "nothing is durable when the directory fsync failed");
+        let (rest, e) = failed.expect("the documents come back to the caller");
+        assert_eq!(rest.len(), 2);
+        assert!(e.to_string().contains("injected"), "{e}");
+        // The older, durable copy of `a` is kept: the newer one may vanish in a power cut.
+        assert!(dir.path().join(file_name(1, "a")).exists());
+        // Once the directory syncs again, the same documents are written and reported durable.
+        s.sync_dir = fsync_dir;
+        let (n, failed) = s.put(rest);
+        assert_eq!(n, 2);
+        assert!(failed.is_none());
+        assert!(!dir.path().join(file_name(1, "a")).exists());
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s.bytes(),
+            (doc("a", 2).body.len() + doc("b", 3).body.len()) as u64
+        );
     }
 
     #[test]

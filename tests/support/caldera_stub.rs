@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! In-process stub of a MITRE Caldera 5.3.0 server (REST API v2 subset), for tests.
 //!
-//! Behaviour follows the recordings in `shared/fixtures/caldera` (README.md there) and
+//! Behaviour follows the recordings in `tests/fixtures/caldera` (README.md there) and
 //! Caldera's source (`app/api/v2/security.py`, `app/service/auth_svc.py`,
 //! `app/service/login_handlers/default.py`, `app/api/v2/handlers/*`, aiohttp_session):
 //!
@@ -31,6 +31,10 @@
 //!   operation 10 ms + 2.5 ms per link, one link 4 ms, health/agents 3 ms. Each request's
 //!   charged cost is kept in its [`RequestRecord`] (`cost`), so a benchmark can add up the
 //!   Caldera time a sidecar caused.
+//! * `GET /api/v2/agents`: each agent's `status` is computed at read time like Caldera's
+//!   `Agent.status` ([`agent_status`]); `GET /api/v2/deploy_commands` serves the recording
+//!   (no querystring schema), and `GET /api/v2/config/agents` its `agents.*` keys (what
+//!   Caldera's `get_filtered_config('agents')` returns; other config names 404, `main` 501).
 //! * JSON bodies: `application/json; charset=utf-8`. Note: this crate's serde_json has no
 //!   `preserve_order`, so keys in stub responses come out sorted, not in Caldera's order.
 //! * Routes of Caldera's v2 API that this stub does not model (POST/PATCH/DELETE
@@ -95,6 +99,10 @@ pub enum RouteKind {
     EventLogs,
     /// `GET /api/v2/agents`
     Agents,
+    /// `GET /api/v2/deploy_commands`
+    DeployCommands,
+    /// `GET /api/v2/config/{name}`
+    Config,
     /// Anything else (UI pages, `/logout`, unmodelled / unknown routes, wrong methods).
     Other,
 }
@@ -189,7 +197,9 @@ impl CostModel {
             self.operation + self.operation_per_link * n
         };
         match route {
-            V2Route::Health | V2Route::Agents => self.other,
+            V2Route::Health | V2Route::Agents | V2Route::DeployCommands | V2Route::Config(_) => {
+                self.other
+            }
             V2Route::OperationsList => {
                 let n: u32 = st.operations.iter().map(links).sum();
                 self.listing + self.listing_per_link * n
@@ -223,6 +233,7 @@ struct StubState {
     link_results: HashMap<String, String>,
     health: Value,
     agents: Value,
+    deploy_commands: Value,
     faults: Vec<FaultEntry>,
     records: Vec<(u64, RequestRecord)>,
     next_record: u64,
@@ -274,6 +285,7 @@ impl CalderaStub {
             link_results,
             health: scenarios::fixture("health.json"),
             agents: scenarios::fixture("agents.json"),
+            deploy_commands: scenarios::fixture("deploy_commands.json"),
             faults: Vec::new(),
             records: Vec::new(),
             next_record: 0,
@@ -428,8 +440,15 @@ impl CalderaStub {
     }
 
     /// Replace the `GET /api/v2/agents` body (default `agents.json`; must be an array).
+    /// Each agent's `status` is computed on every read, as Caldera does (see [`agent_status`]).
     pub fn set_agents(&self, agents: Value) {
         self.shared.lock().agents = agents;
+    }
+
+    /// Replace the `GET /api/v2/deploy_commands` body (default `deploy_commands.json`). Its
+    /// `agents.*` keys are also what `GET /api/v2/config/agents` answers.
+    pub fn set_deploy_commands(&self, body: Value) {
+        self.shared.lock().deploy_commands = body;
     }
 
     // ---- faults -----------------------------------------------------------
@@ -601,6 +620,8 @@ enum V2Route {
     Report(String),
     EventLogs(String),
     Agents,
+    DeployCommands,
+    Config(String),
 }
 
 #[derive(Clone, Debug)]
@@ -813,6 +834,15 @@ fn classify(method: &Method, path: &str) -> (RouteKind, Action) {
             ("GET", "/agents") => (
                 RouteKind::Agents,
                 Action::V2(V2Route::Agents, QuerySchema::All),
+            ),
+            // No querystring schema on these two handlers in Caldera.
+            ("GET", "/deploy_commands") => (
+                RouteKind::DeployCommands,
+                Action::V2(V2Route::DeployCommands, QuerySchema::Free),
+            ),
+            ("GET", "/config/{name}") => (
+                RouteKind::Config,
+                Action::V2(V2Route::Config(p0()), QuerySchema::Free),
             ),
             _ => (RouteKind::Other, Action::V2NotModelled),
         };
@@ -1104,6 +1134,35 @@ async fn process(
     }
 }
 
+/// `agents.untrusted_timer` from the deploy commands' `app_config` (Caldera's default 90).
+fn untrusted_timer(deploy_commands: &Value) -> u64 {
+    deploy_commands["app_config"]["agents.untrusted_timer"]
+        .as_u64()
+        .unwrap_or(90)
+}
+
+/// Caldera's `Agent.status` (`app/objects/c_agent.py`), computed when the agent is dumped:
+/// `dead` once `last_seen` is more than `sleep_max + untrusted_timer` seconds old, else
+/// `alive`; an agent marked for stop (here: stored as `pending kill`) stays so until expired.
+pub fn agent_status(agent: &Value, now: SystemTime, untrusted_timer: u64) -> &'static str {
+    let seen = agent["last_seen"].as_str().and_then(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    });
+    let expired = match seen {
+        Some(t) => {
+            let since = time::OffsetDateTime::from(now) - t;
+            since.as_seconds_f64()
+                > (agent["sleep_max"].as_i64().unwrap_or(60) as f64) + untrusted_timer as f64
+        }
+        None => true,
+    };
+    match (agent["status"].as_str(), expired) {
+        (_, true) => "dead",
+        (Some("pending kill"), false) => "pending kill",
+        _ => "alive",
+    }
+}
+
 /// Caldera's `is_request_authenticated`: KEY first (argon2, on the event loop), then session.
 async fn authenticate(shared: &Shared, key: Option<String>, cookie: Option<String>) -> bool {
     let delay = shared.lock().key_delay;
@@ -1244,10 +1303,48 @@ fn v2(shared: &Shared, route: V2Route, ctx: &Ctx) -> Response {
     match route {
         V2Route::Health => json_resp(200, &st.health),
         V2Route::Agents => {
-            let agents = st.agents.as_array().cloned().unwrap_or_default();
+            let timer = untrusted_timer(&st.deploy_commands);
+            let now = SystemTime::now();
+            let agents = st
+                .agents
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut a| {
+                    let status = agent_status(&a, now, timer);
+                    a["status"] = json!(status);
+                    a
+                })
+                .collect();
             drop(st);
             list_objects(agents, &ctx.query)
         }
+        V2Route::DeployCommands => json_resp(200, &st.deploy_commands),
+        // `get_filtered_config(name)`: the agents config is what deploy_commands echoes under
+        // `agents.*`; `main` is not modelled; any other name is Caldera's 404.
+        V2Route::Config(name) => match name.as_str() {
+            "agents" => {
+                let cfg: serde_json::Map<String, Value> = st.deploy_commands["app_config"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| {
+                                k.strip_prefix("agents.")
+                                    .map(|k| (k.to_string(), v.clone()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json_resp(200, &Value::Object(cfg))
+            }
+            "main" => text(
+                501,
+                "caldera_stub: not modelled: GET /api/v2/config/main",
+                TEXT_CT,
+            ),
+            other => json_error(404, format!("Config not found: {other}")),
+        },
         V2Route::OperationsList => {
             // Only the included keys are copied (a listing of thousands of links must not
             // cost the stub a deep copy of every chain; the model charges the real cost).
@@ -1309,35 +1406,119 @@ fn v2(shared: &Shared, route: V2Route, ctx: &Ctx) -> Response {
             None => op_not_found(&id),
         },
         V2Route::Report(id) => {
-            if find_op(&id).is_none() {
+            let Some(op) = find_op(&id) else {
                 return op_not_found(&id);
-            }
+            };
             let body = st
                 .reports
                 .get(&id)
                 .cloned()
-                .or_else(|| recorded_report(&id));
+                .or_else(|| recorded_report(&id))
+                .or_else(|| Some(generated_report(&op)));
             match body {
                 Some(b) => json_resp(200, &b),
                 None => op_not_found(&id),
             }
         }
         V2Route::EventLogs(id) => {
-            if find_op(&id).is_none() {
+            let Some(op) = find_op(&id) else {
                 return op_not_found(&id);
-            }
+            };
             let output = enable_agent_output(&ctx.body);
             let body = st
                 .event_logs
                 .get(&id)
                 .cloned()
-                .or_else(|| recorded_event_logs(&id, output));
+                .or_else(|| recorded_event_logs(&id, output))
+                .or_else(|| Some(generated_event_logs(&op)));
             match body {
                 Some(b) => json_resp(200, &b),
                 None => op_not_found(&id),
             }
         }
     }
+}
+
+/// The report of an operation that was not recorded (a scenario built from the recordings), as
+/// a real Caldera answers it: the recorded report of A with this operation's `name`,
+/// `host_group`, `start` and `finish`, and its links as `steps` per agent. Caldera sets an
+/// operation's `finish` when it closes it and reports `null` before; the stub has no close
+/// time, so a closed operation's `finish` is its last link result (or its start).
+fn generated_report(op: &Value) -> Value {
+    let mut r = scenarios::fixture("operation_report.json");
+    let closed = matches!(
+        op["state"].as_str(),
+        Some("finished" | "out_of_time" | "cleanup")
+    );
+    let chain: &[Value] = op["chain"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let last = chain
+        .iter()
+        .filter_map(|l| l["finish"].as_str())
+        .max()
+        .or_else(|| op["start"].as_str());
+    let mut steps = serde_json::Map::new();
+    for l in chain {
+        let paw = l["paw"].as_str().unwrap_or_default().to_string();
+        let entry = steps.entry(paw).or_insert_with(|| json!({"steps": []}));
+        if let Some(a) = entry["steps"].as_array_mut() {
+            a.push(json!({
+                "link_id": l["id"], "ability_id": l["ability"]["ability_id"], "command": l["command"],
+                "plaintext_command": l["plaintext_command"], "delegated": l["decide"], "run": l["finish"],
+                "status": l["status"], "platform": l["executor"]["platform"], "executor": l["executor"]["name"],
+                "pid": l["pid"], "description": l["ability"]["description"], "name": l["ability"]["name"],
+                "attack": {"tactic": l["ability"]["tactic"], "technique_name": l["ability"]["technique_name"],
+                           "technique_id": l["ability"]["technique_id"]},
+            }));
+        }
+    }
+    r["name"] = op["name"].clone();
+    r["host_group"] = op["host_group"].clone();
+    r["start"] = op["start"].clone();
+    r["finish"] = if closed { json!(last) } else { Value::Null };
+    r["steps"] = Value::Object(steps);
+    r
+}
+
+/// The event logs of an operation that was not recorded, built from its links the way Caldera
+/// builds them (one entry per link, cleanup links included, discarded ones left out; `pid` an
+/// integer here where the REST link has a string; agent metadata from the operation's agent).
+fn generated_event_logs(op: &Value) -> Value {
+    let chain: &[Value] = op["chain"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let agents: &[Value] = op["host_group"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let entries: Vec<Value> = chain
+        .iter()
+        .filter(|l| l["status"] != -2)
+        .map(|l| {
+            let agent = agents.iter().find(|a| a["paw"] == l["paw"]);
+            let mut e = json!({
+                "command": l["command"], "plaintext_command": l["plaintext_command"],
+                "delegated_timestamp": l["decide"], "collected_timestamp": l["collect"],
+                "finished_timestamp": l["finish"], "status": l["status"],
+                "platform": l["executor"]["platform"], "executor": l["executor"]["name"],
+                "pid": l["pid"].as_str().and_then(|p| p.parse::<i64>().ok()),
+                "agent_metadata": agent.map(|a| json!({
+                    "paw": a["paw"], "group": a["group"], "architecture": a["architecture"],
+                    "username": a["username"], "location": a["location"], "pid": a["pid"],
+                    "ppid": a["ppid"], "privilege": a["privilege"], "host": a["host"],
+                    "contact": a["contact"], "created": a["created"],
+                })),
+                "ability_metadata": {"ability_id": l["ability"]["ability_id"],
+                    "ability_name": l["ability"]["name"], "ability_description": l["ability"]["description"]},
+                "operation_metadata": {"operation_name": op["name"], "operation_start": op["start"],
+                    "operation_adversary": op["adversary"]["name"]},
+                "attack_metadata": {"tactic": l["ability"]["tactic"],
+                    "technique_name": l["ability"]["technique_name"], "technique_id": l["ability"]["technique_id"]},
+            });
+            if l["agent_reported_time"].is_string() {
+                e["agent_reported_time"] = l["agent_reported_time"].clone();
+            }
+            e
+        })
+        .collect();
+    Value::Array(entries)
 }
 
 /// Recorded `POST …/report` bodies by op id (README table).

@@ -4,8 +4,10 @@
 //! Tests must not stop or pause the shared search server (other tests use it at the same
 //! time), so they put this proxy in front of it and break the proxy instead: refuse
 //! connections (the port is closed, as when Elasticsearch is down), hang (accept and never
-//! answer), answer the next requests with a status (429/503…), or answer the next bulk
-//! requests with every item refused by a status, as an overloaded Elasticsearch does.
+//! answer), answer the next requests with a status (429/503…), answer the next bulk
+//! requests with every item refused by a status, as an overloaded Elasticsearch does, or
+//! forward the next bulk requests and lose their answers (the documents are indexed, the
+//! sidecar never hears it: its retry then gets 409).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +41,8 @@ struct Inner {
     mode: watch::Sender<Mode>,
     requests: AtomicUsize,
     bulk_requests: AtomicUsize,
+    /// Bulk requests still to forward without passing their answer back.
+    lose_answers: AtomicUsize,
 }
 
 pub struct Proxy {
@@ -67,6 +71,7 @@ impl Proxy {
             mode: watch::channel(Mode::Pass).0,
             requests: AtomicUsize::new(0),
             bulk_requests: AtomicUsize::new(0),
+            lose_answers: AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -141,6 +146,12 @@ impl Proxy {
     /// (nothing reaches the server), like Elasticsearch rejecting items under load.
     pub fn reject_bulk_items(&self, n: usize, status: u16) {
         self.inner.reject_items.lock().unwrap().push((n, status));
+    }
+
+    /// The next `n` bulk requests reach the server, but their answers never come back (the
+    /// connection hangs until the client gives up).
+    pub fn lose_bulk_answers(&self, n: usize) {
+        self.inner.lose_answers.store(n, Ordering::Relaxed);
     }
 
     pub fn requests(&self) -> usize {
@@ -240,7 +251,16 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .body(body)
         .send()
         .await;
+    let lose = is_bulk
+        && inner
+            .lose_answers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
     match resp {
+        Ok(_) if lose => {
+            // Indexed upstream; the answer is lost on the way back.
+            std::future::pending::<Response>().await
+        }
         Ok(r) => {
             let status = r.status().as_u16();
             let ct = r

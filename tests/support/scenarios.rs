@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 //! Caldera scenarios built **only** from the recordings in
-//! `shared/fixtures/caldera` (see its README.md). Every function says which
+//! `tests/fixtures/caldera` (see its README.md). Every function says which
 //! recording it returns or which recordings its transformation follows.
 //!
 //! Ops (ids in the `OP_*_ID` constants):
@@ -40,13 +40,13 @@ pub const OP_E_CLEANUP_LINK_ID: &str = "0da2e1a6-69ea-4b66-a03f-30cfcdc8055a";
 /// F's link that was PATCHed to status -2.
 pub const OP_F_DISCARDED_LINK_ID: &str = "74badc4f-9913-47d4-a9de-55a87c7d9b0d";
 
-/// `$CALDERA_FIXTURES_DIR`, else `<crate>/../shared/fixtures/caldera`.
+/// `$CALDERA_FIXTURES_DIR`, else the copy vendored in the repository, `tests/fixtures/caldera`.
 pub fn fixtures_dir() -> PathBuf {
     match std::env::var_os("CALDERA_FIXTURES_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/caldera"
+            "/tests/fixtures/caldera"
         )),
     }
 }

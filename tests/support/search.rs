@@ -54,24 +54,34 @@ impl Search {
             .await;
     }
 
-    /// Runs a search (after a refresh) and returns the JSON answer.
+    /// Runs a search (after a refresh) and returns the JSON answer. A missing index (404) or
+    /// one whose shards are not allocated yet (503) is waited for up to 30 s (documents may be
+    /// on their way), then fails the test: it is never read as "no hits", so a `count == 0`
+    /// check cannot pass against an index that does not exist.
     pub async fn search(&self, body: Value) -> Value {
-        self.refresh().await;
-        let r = self
-            .http
-            .post(format!("{}/{}/_search", self.url, self.index))
-            .json(&body)
-            .send()
-            .await
-            .expect("search request");
-        let status = r.status();
-        let v: Value = r.json().await.expect("search json");
-        // 404: no index yet; 503: its shard is still being allocated. Both: nothing to see.
-        if status.as_u16() == 404 || status.as_u16() == 503 {
-            return json!({"hits": {"total": {"value": 0}, "hits": []}});
+        let started = Instant::now();
+        loop {
+            self.refresh().await;
+            let r = self
+                .http
+                .post(format!("{}/{}/_search", self.url, self.index))
+                .json(&body)
+                .send()
+                .await
+                .expect("search request");
+            let status = r.status();
+            let v: Value = r.json().await.expect("search json");
+            if status.is_success() {
+                return v;
+            }
+            let absent = status.as_u16() == 404 || status.as_u16() == 503;
+            assert!(
+                absent && started.elapsed() < Duration::from_secs(30),
+                "search in {} failed with HTTP {status}: {v}",
+                self.index
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(status.is_success(), "search failed: {v}");
-        v
     }
 
     /// Documents matching a Lucene query string (`*` for all).

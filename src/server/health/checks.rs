@@ -226,8 +226,17 @@ pub fn dead_letter_check(s: &SpoolStatus, stats: &Stats) -> Check {
         "documents": s.dead_letters,
         "dead_lettered_since_start": stats.documents_dead_lettered.get(),
         "rejected_since_start": stats.documents_rejected.get(),
+        "write_error": s.dead_letter_error,
     }));
-    if s.dead_letters > 0 {
+    if let Some(err) = &s.dead_letter_error {
+        c.raise(
+            Level::Degraded,
+            format!(
+                "documents Elasticsearch refused cannot be written to DEAD_LETTER_DIR ({err}): they stay in the spool \
+                 and are tried again every 10 s; make DEAD_LETTER_DIR writable and give it space"
+            ),
+        );
+    } else if s.dead_letters > 0 {
         c.raise(
             Level::Degraded,
             format!(

@@ -204,6 +204,10 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             "intake",
             crate::caldera::intake::intake_check(&shared.intake, now),
         ),
+        (
+            "agents",
+            crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
+        ),
     ];
     let level = checks
         .iter()
