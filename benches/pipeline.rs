@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- <scenario>... [--runs N] [--size N] [--seconds S] [--rate R] [--poll S]
-//! scenarios: latency cpu memory throughput health replay caldera-load intake all
+//! scenarios: latency cpu memory throughput health replay caldera-load correlation intake all
 //! ```
 //!
 //! Why a custom program and not criterion: most figures are properties of the whole daemon
@@ -31,6 +31,8 @@ mod support;
 mod caldera_load;
 #[path = "pipeline/common.rs"]
 mod common;
+#[path = "pipeline/correlation.rs"]
+mod correlation;
 #[path = "pipeline/cpu.rs"]
 mod cpu;
 #[path = "pipeline/docs.rs"]
@@ -61,6 +63,7 @@ const SCENARIOS: &[&str] = &[
     "health",
     "replay",
     "caldera-load",
+    "correlation",
     "intake",
 ];
 
@@ -136,6 +139,7 @@ async fn run_once(name: &str, ctx: &Ctx) -> Result<Figures, BenchError> {
         "health" => health::run(ctx).await,
         "replay" => replay::run(ctx).await,
         "caldera-load" => caldera_load::run(ctx).await,
+        "correlation" => correlation::run(ctx).await,
         "intake" => intake::run(ctx).await,
         other => Err(BenchError::Failed(format!("unknown scenario {other}"))),
     }
@@ -150,6 +154,7 @@ fn targets(name: &str, ctx: &Ctx) -> Vec<Target> {
         "health" => health::targets(&ctx.opts),
         "replay" => replay::targets(),
         "caldera-load" => caldera_load::targets(),
+        "correlation" => correlation::targets(),
         "intake" => intake::targets(),
         _ => Vec::new(),
     }

@@ -24,6 +24,7 @@ pub struct Running {
     /// The sink's deadline: everything indexed or spooled by then.
     sink_deadline: watch::Sender<Option<tokio::time::Instant>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    failures: watch::Receiver<Option<String>>,
 }
 
 impl Running {
@@ -57,6 +58,16 @@ impl Running {
     pub fn trigger(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
+
+    /// Resolves when a stage died (see [`crate::supervise`]), with what happened. Health is
+    /// already unhealthy by then; the caller should shut down and exit non-zero.
+    pub async fn failed(&mut self) -> String {
+        match self.failures.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            // The supervisor is gone only when every stage is: wait for the signal instead.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +87,7 @@ pub enum StartError {
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sup = crate::supervise::Supervisor::new(shared.clone(), shutdown_rx.clone());
 
     // Built before the server: the enroll endpoint asks Caldera through it.
     let client = Arc::new(
@@ -113,13 +125,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // One bulk's worth of room: the watcher fills the next batch while one is in flight, and
     // no more (every queued document is memory; the watcher simply waits when it is full).
     let (doc_tx, doc_rx) = mpsc::channel(settings.elastic.bulk_max_docs.max(1));
-    let probes = tokio::spawn(crate::server::probes::run(
-        es.clone(),
-        client.clone(),
-        settings.clone(),
-        shared.clone(),
-        shutdown_rx.clone(),
-    ));
+    let probes = sup.spawn(
+        "probes",
+        crate::server::probes::run(
+            es.clone(),
+            client.clone(),
+            settings.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
     // Pushed events wait here for the watcher; bounded (see caldera::push).
     let (events_tx, events_rx) = mpsc::channel(crate::caldera::push::QUEUE);
     *shared
@@ -127,13 +142,22 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .queue
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(events_tx);
-    let agents = tokio::spawn(crate::agents::watch::run(
+    let agents_run = crate::agents::watch::run(
         client.clone(),
         settings.agents.clone(),
         settings.documents.client_map.clone(),
         shared.clone(),
         shutdown_rx.clone(),
-    ));
+    );
+    let agents_off = settings.agents.interval.is_none();
+    let mut agents_shutdown = shutdown_rx.clone();
+    let agents = sup.spawn("agents", async move {
+        agents_run.await;
+        if agents_off {
+            // Switched off, it returns at once: that is not a dead stage.
+            let _ = agents_shutdown.wait_for(|v| *v).await;
+        }
+    });
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
@@ -148,15 +172,39 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         },
     );
 
-    let w = tokio::spawn(watcher.run(shutdown_rx.clone()));
-    let s = tokio::spawn(sink.run(doc_rx));
-    let t = tokio::spawn(template_keeper(es, index, shared.clone(), shutdown_rx));
+    let w = sup.spawn("watcher", watcher.run(shutdown_rx.clone()));
+    let mut stages = Vec::new();
+    if settings.correlation.enabled {
+        let stage =
+            crate::correlate::Stage::new(&settings, shared.clone()).map_err(StartError::Client)?;
+        stages.push(sup.spawn("correlation", stage.run(shutdown_rx.clone())));
+    } else {
+        shared.correlation.update(|c| c.state = "disabled");
+    }
+    let s = sup.spawn("sink", sink.run(doc_rx));
+    let t = sup.spawn(
+        "template",
+        template_keeper(es, index, shared.clone(), shutdown_rx),
+    );
+    let server = sup.spawn("http", async move {
+        if let Err(e) = server.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
     Ok(Running {
         health_addr,
         shared,
         shutdown: shutdown_tx,
         sink_deadline,
-        tasks: vec![w, s, t, probes, agents, server],
+        tasks: {
+            let mut all = vec![w, s, t, probes, agents];
+            all.extend(stages);
+            all.push(server);
+            all
+        },
+        failures: sup.failures(),
     })
 }
 

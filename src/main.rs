@@ -41,6 +41,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Find the SIEM alerts that links caused: print per alert the link, tier, reason and
+    /// action; act on the certain ones unless --dry-run.
+    Correlate {
+        /// Only this operation's links (all of them, even those already settled).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print ready-to-paste one-liners that start a Caldera (sandcat) agent in a client's group.
     Enroll {
         /// Client name (a Caldera group, or a client id of CLIENT_MAP).
@@ -129,6 +139,15 @@ fn main() -> ExitCode {
             )),
             Err(code) => code,
         },
+        Command::Correlate { operation, dry_run } => {
+            telemetry::init(settings.log_format, "warn");
+            match runtime() {
+                Ok(rt) => rt.block_on(caldera_sidecar::correlate::cli::run(
+                    settings, operation, dry_run,
+                )),
+                Err(code) => code,
+            }
+        }
         Command::Run => {
             telemetry::init(settings.log_format, &settings.log_level);
             match runtime() {
@@ -157,22 +176,36 @@ async fn run(settings: config::Settings) -> ExitCode {
         index = %settings.elastic.index,
         "caldera-sidecar starting"
     );
-    let running = match app::start(settings).await {
+    let mut running = match app::start(settings).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
-    tracing::info!("shutting down: stopping intake, flushing documents");
-    if running.shutdown(Duration::from_secs(30)).await {
+    // A dead stage ends the process with a non-zero code (health already says why), so
+    // systemd's Restart=on-failure starts a fresh one.
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = running.failed() => Some(why),
+    };
+    match &failure {
+        None => tracing::info!("shutting down: stopping intake, flushing documents"),
+        Some(why) => {
+            tracing::error!(error = %why, "a pipeline stage died: flushing what is in flight, then exiting with code 1")
+        }
+    }
+    let clean = running.shutdown(Duration::from_secs(30)).await;
+    if clean {
         tracing::info!("stopped cleanly: every document is indexed or spooled");
-        ExitCode::SUCCESS
     } else {
         tracing::error!(
             "shutdown did not end cleanly within 30 s: documents in flight may be neither indexed nor spooled"
         );
+    }
+    if clean && failure.is_none() {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }

@@ -194,7 +194,11 @@ pub struct Shared {
     pub spool: Mutex<SpoolStatus>,
     /// Push endpoint counters, measured read costs and effective intervals.
     pub intake: crate::caldera::intake::IntakeState,
+    /// Set when a pipeline stage died (see [`crate::supervise`]): health turns unhealthy,
+    /// `/livez` fails, and the process exits non-zero so its supervisor restarts it.
+    pub fatal: Mutex<Option<String>>,
     pub agents: Mutex<AgentsStatus>,
+    pub correlation: crate::correlate::status::CorrelationStatus,
 }
 
 impl Default for Shared {
@@ -207,7 +211,9 @@ impl Default for Shared {
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
             intake: Default::default(),
+            fatal: Mutex::new(None),
             agents: Mutex::new(AgentsStatus::default()),
+            correlation: Default::default(),
         }
     }
 }
@@ -229,6 +235,16 @@ impl Shared {
     pub fn spool(&self, f: impl FnOnce(&mut SpoolStatus)) {
         let mut g = self.spool.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
+    }
+    /// Records the first stage failure (later ones are consequences of it).
+    pub fn set_fatal(&self, why: String) {
+        let mut g = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(why);
+        }
+    }
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub fn agents(&self, f: impl FnOnce(&mut AgentsStatus)) {
         let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());

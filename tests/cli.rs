@@ -152,7 +152,12 @@ async fn daemon_runs_stops_on_sigterm_and_never_logs_secrets() {
         "{}",
         &log[log.len().saturating_sub(2000)..]
     );
-    assert!(log.lines().count() > 20, "trace logging produced output");
+    // Only the sidecar's own events follow LOG_LEVEL (libraries stay at warn): its debug
+    // lines show the level was in force.
+    assert!(
+        log.lines().count() > 5 && log.contains("\"DEBUG\""),
+        "trace logging produced output"
+    );
     for secret in secrets {
         assert!(!log.contains(secret), "{secret} appears in the log");
         assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));

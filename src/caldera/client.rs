@@ -39,6 +39,10 @@ pub enum CalderaError {
         bytes: usize,
         message: String,
     },
+    #[error(
+        "{path}: answer larger than CALDERA_MAX_BODY_MB ({limit_mb:.2} MB after decompression); reading stopped there. Raise CALDERA_MAX_BODY_MB if Caldera really holds that much"
+    )]
+    TooLarge { path: String, limit_mb: f64 },
 }
 
 impl CalderaError {
@@ -68,9 +72,13 @@ pub struct CalderaClient {
     base: Url,
     auth: CalderaAuth,
     timeout: Duration,
+    max_body: usize,
     session: Mutex<SessionState>,
     shared: Arc<Shared>,
 }
+
+/// Error answers are only read for a snippet: a little is enough.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 const LOGIN_RETRY: Duration = Duration::from_secs(60);
 
@@ -81,7 +89,14 @@ fn snippet(body: &[u8]) -> String {
 
 impl CalderaClient {
     pub fn new(settings: &CalderaSettings, shared: Arc<Shared>) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &settings.ca_cert {
+            // Added to the built-in roots; certificate and host name checks stay on.
+            for c in ca.certificates()? {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .cookie_store(true)
             // /enter answers 302; a redirect elsewhere (e.g. to /login) is an auth signal, not a page to fetch.
             .redirect(reqwest::redirect::Policy::none())
@@ -106,6 +121,7 @@ impl CalderaClient {
             base,
             auth: settings.auth.clone(),
             timeout: settings.timeout,
+            max_body: settings.max_body_bytes,
             session: Mutex::new(SessionState::NeedLogin),
             shared,
         })
@@ -216,7 +232,7 @@ impl CalderaClient {
             }
             CalderaError::Transport {
                 path: path.to_string(),
-                message,
+                message: crate::telemetry::cap_text(&message),
             }
         }
     }
@@ -282,10 +298,19 @@ impl CalderaClient {
                     },
                 });
             }
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| self.transport_error(path, e))?;
+            let limit = if status.is_success() {
+                self.max_body
+            } else {
+                MAX_ERROR_BODY.min(self.max_body)
+            };
+            let bytes = match self.read_body(path, resp, limit).await {
+                Ok(b) => b,
+                // An oversized error answer still has a status worth reporting.
+                Err(CalderaError::TooLarge { .. }) if !status.is_success() => {
+                    b"(answer too large to show)".to_vec()
+                }
+                Err(e) => return Err(e),
+            };
             if status == reqwest::StatusCode::NOT_FOUND {
                 return Err(CalderaError::NotFound {
                     path: path.to_string(),
@@ -299,8 +324,38 @@ impl CalderaClient {
                     snippet: snippet(&bytes),
                 });
             }
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
+    }
+
+    /// Reads a body chunk by chunk and stops at `limit` bytes. The chunks are what the HTTP
+    /// client hands over after decompression (the elasticsearch crate turns reqwest's gzip on
+    /// for the whole process), so a small compressed bomb is stopped at the limit too.
+    async fn read_body(
+        &self,
+        path: &str,
+        mut resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, CalderaError> {
+        let too_large = || CalderaError::TooLarge {
+            path: path.to_string(),
+            limit_mb: self.max_body as f64 / (1024.0 * 1024.0),
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(path, e))?
+        {
+            if out.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Decodes a body; `T` may borrow from it (see [`super::model::Operation`]).
@@ -308,10 +363,11 @@ impl CalderaClient {
         path: &str,
         bytes: &'a [u8],
     ) -> Result<T, CalderaError> {
+        // serde's message quotes the offending value, which can be megabytes long.
         serde_json::from_slice(bytes).map_err(|e| CalderaError::Decode {
             path: path.to_string(),
             bytes: bytes.len(),
-            message: e.to_string(),
+            message: crate::telemetry::cap_text(&e.to_string()),
         })
     }
 

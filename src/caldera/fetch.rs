@@ -322,7 +322,18 @@ impl Watcher {
             }
         };
         t.content = Some((fingerprint, built.all_links_done));
-        if built.all_links_done {
+        if built.deferred > 0 {
+            // Too many changed links for one build: the rest comes with the next fetch (the next
+            // poll), so memory holds one piece, never the whole operation.
+            t.resend = true;
+            tracing::info!(
+                operation = %id,
+                built = built.links.len(),
+                remaining = built.deferred,
+                "large operation: its link documents are built in pieces, one per poll"
+            );
+        }
+        if built.all_links_done && built.deferred == 0 {
             let since = *t.done_since.get_or_insert(now);
             if now.duration_since(since) >= self.settings.settle_grace && finish_ready(t) {
                 built.operation.settled = true;

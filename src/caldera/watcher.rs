@@ -459,6 +459,14 @@ impl Watcher {
         } else {
             Some(last + self.settings.poll_interval)
         };
+        // `resend`: part of its documents is still to be built (a very large operation, built
+        // in pieces) or was lost by the sink: look again at the next poll.
+        let by_state = if t.resend {
+            let soon = last + self.settings.poll_interval;
+            Some(by_state.map_or(soon, |b| b.min(soon)))
+        } else {
+            by_state
+        };
         match (t.want_fetch, by_state) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -47,6 +47,16 @@ const KEYS: &[Key] = &[
         "seconds before a Caldera request is abandoned",
     ),
     key(
+        "CALDERA_CA_CERT",
+        "",
+        "PEM file of CA certificates trusted for an https CALDERA_URL, besides the built-in roots",
+    ),
+    key(
+        "CALDERA_MAX_BODY_MB",
+        "64",
+        "largest Caldera answer read, in MB after decompression (fractions allowed)",
+    ),
+    key(
         "POLL_INTERVAL",
         "2",
         "seconds between polls while an operation is active",
@@ -82,6 +92,11 @@ const KEYS: &[Key] = &[
         "ELK_VERIFY_SSL",
         "true",
         "verify Elasticsearch TLS certificates",
+    ),
+    key(
+        "ELK_CA_CERT",
+        "",
+        "PEM file of CA certificates trusted for Elasticsearch, besides the built-in roots",
     ),
     key(
         "ELK_CONNECTION_TIMEOUT",
@@ -199,6 +214,7 @@ pub(crate) const TABLES: &[&[Key]] = &[
     KEYS,
     crate::enroll::KEYS,
     crate::agents::KEYS,
+    crate::correlate::settings::KEYS,
     crate::caldera::intake::KEYS,
 ];
 

@@ -7,6 +7,7 @@
 //! process exits with code 2 before doing anything. Secrets live in [`Secret`], whose `Debug` and
 //! `Display` never show the value.
 
+mod envfile;
 pub(crate) mod keys;
 mod sources;
 pub(crate) mod values;
@@ -23,9 +24,10 @@ use crate::document::DocSettings;
 
 pub use keys::reference_table;
 use sources::{read_dotenv, read_toml};
-pub use values::{ConfigError, Secret, redact_url};
+pub use values::{CaBundle, ConfigError, Secret, redact_url};
 pub(crate) use values::{
-    boolean, err, float, gb, int, list, parse_url, path, secs, secs_allow_zero, validate_index,
+    boolean, ca_bundle, err, float, gb, int, list, parse_url, path, secs, secs_allow_zero,
+    url_credential, validate_index,
 };
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,10 @@ pub struct CalderaSettings {
     pub idle_interval: Duration,
     pub settle_grace: Duration,
     pub settle_window: Duration,
+    /// Extra trust anchors for an https Caldera (`CALDERA_CA_CERT`).
+    pub ca_cert: Option<CaBundle>,
+    /// Largest answer read from Caldera, after decompression (`CALDERA_MAX_BODY_MB`).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +66,8 @@ pub struct ElasticSettings {
     /// Basic credentials taken out of an `ELK_URL` like `https://user:pass@host:9200`.
     pub basic: Option<(String, Secret)>,
     pub verify_ssl: bool,
+    /// Extra trust anchors for Elasticsearch (`ELK_CA_CERT`); verification stays on.
+    pub ca_cert: Option<CaBundle>,
     pub timeout: Duration,
     pub max_retries: u32,
     pub bulk_max_docs: usize,
@@ -110,6 +118,7 @@ pub struct Settings {
     pub logo_path: Option<PathBuf>,
     pub enroll: crate::enroll::EnrollSettings,
     pub agents: crate::agents::AgentsSettings,
+    pub correlation: crate::correlate::CorrelationSettings,
 }
 
 /// Where a value came from, for `check-config`.
@@ -286,8 +295,8 @@ impl Layered {
         {
             let mut u = parse_url("ELK_URL", part)?;
             if !u.username().is_empty() {
-                let user = u.username().to_string();
-                let pass = u.password().unwrap_or("").to_string();
+                let user = url_credential("ELK_URL", u.username())?;
+                let pass = url_credential("ELK_URL", u.password().unwrap_or(""))?;
                 basic = Some((user, Secret::new(pass)));
                 let _ = u.set_username("");
                 let _ = u.set_password(None);
@@ -299,6 +308,21 @@ impl Layered {
         }
         let index = self.get("ELK_INDEX").to_string();
         validate_index(&index)?;
+        let verify_ssl = boolean("ELK_VERIFY_SSL", self.get("ELK_VERIFY_SSL"))?;
+        let elk_ca = ca_bundle("ELK_CA_CERT", self.get("ELK_CA_CERT"))?;
+        if elk_ca.is_some() && !verify_ssl {
+            return Err(err(
+                "ELK_CA_CERT",
+                "is set while ELK_VERIFY_SSL=false turns all certificate checks off; keep ELK_VERIFY_SSL=true to use the CA",
+            ));
+        }
+        let caldera_max_mb = float("CALDERA_MAX_BODY_MB", self.get("CALDERA_MAX_BODY_MB"))?;
+        if !(0.01..=4096.0).contains(&caldera_max_mb) {
+            return Err(err(
+                "CALDERA_MAX_BODY_MB",
+                format!("{caldera_max_mb} is outside 0.01..=4096"),
+            ));
+        }
 
         let health_bind: SocketAddr = self.get("HEALTH_BIND").parse().map_err(|_| {
             err(
@@ -386,13 +410,16 @@ impl Layered {
                 idle_interval,
                 settle_grace: secs_allow_zero("SETTLE_GRACE", self.get("SETTLE_GRACE"))?,
                 settle_window: secs_allow_zero("SETTLE_WINDOW", self.get("SETTLE_WINDOW"))?,
+                ca_cert: ca_bundle("CALDERA_CA_CERT", self.get("CALDERA_CA_CERT"))?,
+                max_body_bytes: (caldera_max_mb * 1024.0 * 1024.0) as usize,
             },
             elastic: ElasticSettings {
                 urls,
                 index,
                 api_key: self.opt("ELK_API_KEY").map(Secret::new),
                 basic,
-                verify_ssl: boolean("ELK_VERIFY_SSL", self.get("ELK_VERIFY_SSL"))?,
+                verify_ssl,
+                ca_cert: elk_ca,
                 timeout: secs("ELK_CONNECTION_TIMEOUT", self.get("ELK_CONNECTION_TIMEOUT"))?,
                 max_retries: int("ELK_MAX_RETRIES", self.get("ELK_MAX_RETRIES"), 0, 100)? as u32,
                 bulk_max_docs: int("BULK_MAX_DOCS", self.get("BULK_MAX_DOCS"), 1, 100_000)?
@@ -436,6 +463,7 @@ impl Layered {
             logo_path: self.opt("LOGO_PATH").map(PathBuf::from),
             enroll,
             agents,
+            correlation: crate::correlate::settings::parse(self)?,
         })
     }
 }

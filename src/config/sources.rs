@@ -9,10 +9,25 @@ use super::values::{ConfigError, err};
 pub(super) fn read_toml(path: &Path) -> Result<HashMap<&'static str, String>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e| {
+    // toml's Display quotes the offending line, which may hold a secret: only its position
+    // and the parser's message (which names what was expected, not the value) are shown.
+    let table: toml::Table = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| {
+                format!(
+                    ", line {}",
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                )
+            })
+            .unwrap_or_default();
         err(
             "--config",
-            format!("{} is not valid TOML: {e}", path.display()),
+            format!(
+                "{}{at} is not valid TOML: {}",
+                path.display(),
+                e.message().trim()
+            ),
         )
     })?;
     let mut out = HashMap::new();
@@ -40,13 +55,13 @@ pub(super) fn read_toml(path: &Path) -> Result<HashMap<&'static str, String>, Co
 }
 
 pub(super) fn read_dotenv(path: &Path) -> Result<HashMap<&'static str, String>, ConfigError> {
-    let iter = dotenvy::from_path_iter(path)
+    let text = std::fs::read_to_string(path)
         .map_err(|e| err("--env-file", format!("cannot read {}: {e}", path.display())))?;
     let mut out = HashMap::new();
-    for item in iter {
-        let (k, v) = item.map_err(|e| err("--env-file", format!("{}: {e}", path.display())))?;
-        // A .env may hold variables for other programs: only ours are taken.
-        if let Some(key) = find_key(&k) {
+    for (k, v) in super::envfile::parse(&text, &path.display().to_string())? {
+        // A .env may hold variables for other programs: only ours are taken. Names are
+        // case-sensitive, as in the environment.
+        if let Some(key) = find_key(&k).filter(|key| key.name == k) {
             out.insert(key.name, v);
         }
     }

@@ -47,7 +47,9 @@ pub(crate) fn err(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A URL with any user name and password replaced, for logs and `check-config`.
+/// A URL with any user name and password replaced, for logs and `check-config`. A string that
+/// does not parse as a URL is redacted by hand: everything before the last `@` of what would be
+/// its authority is a credential.
 pub fn redact_url(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
@@ -56,8 +58,108 @@ pub fn redact_url(raw: &str) -> String {
             u.to_string()
         }
         Ok(u) => u.to_string(),
-        Err(_) => raw.to_string(),
+        Err(_) => redact_unparsed(raw),
     }
+}
+
+fn redact_unparsed(raw: &str) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => raw.split_at(i + 3),
+        None => ("", raw),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}****@{}{tail}", &authority[at + 1..]),
+        // No authority delimiter found where expected: any `@` at all may end a credential.
+        None => match raw.rfind('@') {
+            Some(at) if scheme.is_empty() => format!("****@{}", &raw[at + 1..]),
+            _ => raw.to_string(),
+        },
+    }
+}
+
+/// The user name or password of a URL as the server must receive it: `Url` keeps them
+/// percent-encoded (`p%40ss`), basic auth wants the real characters (`p@ss`).
+pub(crate) fn url_credential(key: &str, encoded: &str) -> Result<String, ConfigError> {
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            err(
+                key,
+                "the credentials in the URL are not valid UTF-8 once decoded",
+            )
+        })
+}
+
+/// CA certificates to trust besides the built-in roots, read and checked at start-up.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaBundle({})", self.path.display())
+    }
+}
+
+impl CaBundle {
+    /// The certificates, for a reqwest client.
+    pub fn certificates(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| e.to_string())
+    }
+}
+
+/// A PEM file of CA certificates (empty: none). Checked here so a bad file stops start-up with
+/// its key instead of failing every request later: it must hold at least one certificate, and
+/// a TLS client must accept each of them as a trust anchor.
+pub(crate) fn ca_bundle(key: &str, raw: &str) -> Result<Option<CaBundle>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(raw);
+    let pem = std::fs::read(&path)
+        .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+    let bundle = CaBundle { path, pem };
+    let certs = bundle.certificates().map_err(|e| {
+        err(
+            key,
+            format!(
+                "{} is not a PEM certificate file: {e}",
+                bundle.path.display()
+            ),
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(err(
+            key,
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                bundle.path.display()
+            ),
+        ));
+    }
+    let mut builder = reqwest::Client::builder();
+    for c in certs {
+        builder = builder.add_root_certificate(c);
+    }
+    builder.build().map_err(|e| {
+        let mut why = e.to_string();
+        if let Some(s) = std::error::Error::source(&e) {
+            why = format!("{why}: {s}");
+        }
+        err(
+            key,
+            format!(
+                "{} holds a certificate that cannot be trusted as a CA ({why})",
+                bundle.path.display()
+            ),
+        )
+    })?;
+    Ok(Some(bundle))
 }
 
 pub(crate) fn parse_url(key: &str, raw: &str) -> Result<Url, ConfigError> {

@@ -268,7 +268,16 @@ pub struct Built {
     pub dropped: Dropped,
     /// Closed, and every non-discarded link has its result: the settle clock may run.
     pub all_links_done: bool,
+    /// Valid links whose documents were not offered to `wanted` because this build already
+    /// holds [`MAX_LINK_DOCS_PER_BUILD`]: build again (with those already sent left out) to get
+    /// them. Zero for [`build`].
+    pub deferred: usize,
 }
+
+/// Most link documents one [`build_with`] makes: an operation with 100,000 links is built and
+/// encoded in pieces of this size (one per fetch) instead of all at once, so memory stays
+/// bounded by the piece, not by the operation.
+pub const MAX_LINK_DOCS_PER_BUILD: usize = 2_000;
 
 pub fn operation_doc_id(id: &OperationId) -> String {
     format!("op-{id}")
@@ -304,7 +313,15 @@ pub fn build(
     observed: Timestamp,
     settings: &DocSettings,
 ) -> Result<Built, InvalidValue> {
-    build_with(op, finish, settled, observed, settings, &mut |_, _| true)
+    build_limited(
+        op,
+        finish,
+        settled,
+        observed,
+        settings,
+        &mut |_, _| true,
+        usize::MAX,
+    )
 }
 
 /// [`build`], building a link's document only where `wanted(link id, raw link JSON)` says so.
@@ -312,7 +329,9 @@ pub fn build(
 /// Every link still counts towards the operation document (techniques, hosts, counts, invalid
 /// values); only the link documents the caller already holds unchanged are not built again, so
 /// a poll of a running operation costs O(changed links), not O(links). `wanted` is called once
-/// per valid link, in order, and each `true` yields exactly one entry of `Built::links`.
+/// per valid link, in order, and each `true` yields exactly one entry of `Built::links`; once
+/// [`MAX_LINK_DOCS_PER_BUILD`] links were wanted it is not called again and the remaining valid
+/// links are counted in `Built::deferred`.
 pub fn build_with(
     op: Operation<'_>,
     finish: Option<Timestamp>,
@@ -321,6 +340,28 @@ pub fn build_with(
     settings: &DocSettings,
     wanted: &mut dyn FnMut(&LinkId, &str) -> bool,
 ) -> Result<Built, InvalidValue> {
+    build_limited(
+        op,
+        finish,
+        settled,
+        observed,
+        settings,
+        wanted,
+        MAX_LINK_DOCS_PER_BUILD,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_limited(
+    op: Operation<'_>,
+    finish: Option<Timestamp>,
+    settled: bool,
+    observed: Timestamp,
+    settings: &DocSettings,
+    wanted: &mut dyn FnMut(&LinkId, &str) -> bool,
+    max_links: usize,
+) -> Result<Built, InvalidValue> {
+    let mut deferred = 0;
     let operation_id = OperationId::parse(&op.id)?;
     let mut dropped = Dropped::default();
     let operation_name = clean_text(&op.name, NAME_MAX);
@@ -362,7 +403,7 @@ pub fn build_with(
     let mut counts = LinkCounts::default();
     let mut all_links_done = state.is_closed();
     let chain = op.chain.unwrap_or_default();
-    let mut links = Vec::with_capacity(chain.len());
+    let mut links = Vec::with_capacity(chain.len().min(max_links));
 
     for raw in chain {
         let link = match Link::from_raw(raw) {
@@ -448,6 +489,10 @@ pub fn build_with(
         let decide = opt_ts(link.decide.as_deref(), &mut dropped);
         let collect = opt_ts(link.collect.as_deref(), &mut dropped);
         let reported = opt_ts(link.agent_reported_time.as_deref(), &mut dropped);
+        if links.len() >= max_links {
+            deferred += 1;
+            continue;
+        }
         if !wanted(&link_id, raw.get()) {
             continue;
         }
@@ -587,6 +632,7 @@ pub fn build_with(
         links,
         dropped,
         all_links_done,
+        deferred,
     })
 }
 

@@ -211,10 +211,19 @@ impl LinkStatus {
 pub struct Timestamp(time::OffsetDateTime);
 
 impl Timestamp {
+    /// Never panics: an offset that moves the time out of the years 1..=9999 in UTC (e.g.
+    /// `9999-12-31T23:59:59-23:59`) is refused like any other invalid value, because
+    /// Elasticsearch's date format cannot hold it either.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        time::OffsetDateTime::parse(raw.trim(), &time::format_description::well_known::Rfc3339)
-            .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
-            .map_err(|_| InvalidValue::new("timestamp", raw, "expected RFC 3339"))
+        let t =
+            time::OffsetDateTime::parse(raw.trim(), &time::format_description::well_known::Rfc3339)
+                .map_err(|_| InvalidValue::new("timestamp", raw, "expected RFC 3339"))?;
+        t.checked_to_offset(time::UtcOffset::UTC)
+            .filter(|t| (1..=9999).contains(&t.year()))
+            .map(Self)
+            .ok_or_else(|| {
+                InvalidValue::new("timestamp", raw, "outside the years 1 to 9999 in UTC")
+            })
     }
     pub fn now() -> Self {
         Self(time::OffsetDateTime::now_utc())
@@ -304,6 +313,20 @@ mod tests {
         let t = Timestamp::parse("2026-11-28T16:41:48.250+01:00").unwrap();
         assert_eq!(t.to_string(), "2026-11-28T15:41:48.250Z");
         assert!(Timestamp::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn timestamps_out_of_range_in_utc_are_refused_not_panicking() {
+        for raw in [
+            "9999-12-31T23:59:59-23:59",
+            "0000-01-01T00:00:00+23:59",
+            "0001-01-01T00:00:00+00:01",
+        ] {
+            let e = Timestamp::parse(raw).unwrap_err();
+            assert!(e.why.contains("1 to 9999"), "{raw}: {e}");
+        }
+        let t = Timestamp::parse("9999-12-31T23:59:59+23:59").unwrap();
+        assert_eq!(t.to_string(), "9999-12-31T00:00:59Z");
     }
 
     #[test]

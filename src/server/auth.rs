@@ -7,7 +7,8 @@
 //! refusal is a bare `401 {"error":"unauthorized"}`: no hint whether the header was missing or
 //! wrong, and the presented value is never logged.
 //!
-//! `MAX_REQUESTS_PER_MINUTE` is a token bucket per client IP (capacity = the limit, refilled
+//! `MAX_REQUESTS_PER_MINUTE` is a token bucket per client (an IPv4 address or an IPv6 /64, see
+//! [`client_key`]; capacity = the limit, refilled
 //! continuously), checked *before* the key so guessing keys is throttled too; over the limit
 //! the answer is `429` with `Retry-After` (whole seconds until a token is back). Memory stays
 //! bounded: at most [`MAX_CLIENTS`] addresses are remembered, idle ones (full buckets) are
@@ -83,7 +84,24 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket per client address, with bounded memory.
+/// Who shares a budget: an IPv4 address, or an IPv6 /64. One IPv6 host usually holds a whole
+/// /64 (SLAAC, privacy addresses), so keying on the full address would give it 2^64 budgets
+/// and let it flush every other client out of the table. An IPv4 address mapped into IPv6
+/// (`::ffff:a.b.c.d`, a dual-stack listener) counts as that IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// A token bucket per client (see [`client_key`]), with bounded memory.
 pub struct RateLimiter {
     capacity: f64,
     per_second: f64,
@@ -102,8 +120,10 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`, or says how long until one is available.
+    /// Takes one token for `ip`'s client key ([`client_key`]), or says how long until one is
+    /// available.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = client_key(ip);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if !clients.contains_key(&ip) && clients.len() >= self.max_clients {
             self.evict(&mut clients, now);
@@ -195,6 +215,34 @@ mod tests {
         assert!(!constant_time_eq(b"", b"secret"));
         assert!(!constant_time_eq(b"secret\0", b"secret"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let l = RateLimiter::new(3, 10);
+        let t0 = Instant::now();
+        for a in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff::9",
+            "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+        ] {
+            assert!(l.check(a.parse().expect("ip"), t0).is_ok(), "{a}");
+        }
+        assert!(
+            l.check("2001:db8:1:2::77".parse().expect("ip"), t0)
+                .is_err()
+        );
+        // The next /64 is another client.
+        assert!(l.check("2001:db8:1:3::1".parse().expect("ip"), t0).is_ok());
+        // IPv4 keeps one budget per address, mapped or not.
+        for _ in 0..3 {
+            assert!(l.check("192.0.2.7".parse().expect("ip"), t0).is_ok());
+        }
+        assert!(
+            l.check("::ffff:192.0.2.7".parse().expect("ip"), t0)
+                .is_err()
+        );
+        assert!(l.check("192.0.2.8".parse().expect("ip"), t0).is_ok());
     }
 
     #[test]

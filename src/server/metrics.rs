@@ -391,6 +391,7 @@ pub fn render(shared: &Shared, host: &HostSnapshot, level: Level) -> String {
         "From the watcher observing a change to Elasticsearch acknowledging it.",
         &s.observed_to_indexed_seconds,
     );
+    shared.correlation.render_metrics(&mut o.0);
     o.0
 }
 

@@ -3,7 +3,8 @@
 //! * `GET /api/v2/health` — overall `healthy` / `degraded` / `unhealthy` (HTTP 200 / 200 / 503)
 //!   with one check per dependency ([`health`]).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]).
-//! * `GET /livez` — `ok` while the process serves HTTP; no details, no key, no rate limit.
+//! * `GET /livez` — `ok` while the process serves HTTP and every pipeline stage runs (503 once
+//!   one died); no details, no key, no rate limit.
 //! * `GET /api/v2/enroll` — agent enrollment one-liners (`crate::enroll::http`), merged in
 //!   by the caller through `extra`.
 //!
@@ -11,7 +12,8 @@
 //! Elasticsearch and never touch the disk, so they answer in well under a millisecond whatever
 //! state those are in. All probing runs in the background ([`probes`]). Every endpoint but
 //! `/livez` goes through [`auth::guard`] (per-client rate limit, optional API key), which is
-//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`).
+//! why the server is served with the peer address (`ConnectInfo<SocketAddr>`). Connections are
+//! accepted by [`listen`], which bounds their number and how long a slow client can hold one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::state::Shared;
 
 pub mod auth;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod probes;
 pub mod status;
@@ -63,7 +66,7 @@ pub fn router(
     Router::new()
         .route("/api/v2/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
-        .route(auth::LIVENESS_PATH, get(|| async { "ok" }))
+        .route(auth::LIVENESS_PATH, get(livez_handler))
         .route(crate::caldera::push::PATH, post(events_handler))
         .with_state(state.clone())
         .merge(extra)
@@ -95,6 +98,14 @@ async fn health_handler(State(st): State<AppState>) -> Response {
 /// `POST /api/v2/events`: the Caldera plugin's pushed events ([`crate::caldera::push`]).
 async fn events_handler(State(st): State<AppState>, req: axum::extract::Request) -> Response {
     crate::caldera::push::receive(&st.shared, req.into_body()).await
+}
+
+/// `ok` while every pipeline stage runs; 503 once one died (the process is exiting then).
+async fn livez_handler(State(st): State<AppState>) -> Response {
+    match st.shared.fatal() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "pipeline stage died").into_response(),
+    }
 }
 
 async fn metrics_handler(State(st): State<AppState>) -> Response {
@@ -133,17 +144,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let handle = tokio::spawn(async move {
-        let res = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "health server failed");
-        }
+        listen::serve(listener, app, shutdown.clone()).await;
+        let _ = shutdown.wait_for(|v| *v).await;
         let _ = sampler.await;
     });
     Ok((local, handle))

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use elasticsearch::auth::Credentials;
-use elasticsearch::cert::CertificateValidation;
+use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::response::Response;
 use elasticsearch::http::transport::{
     MultiNodeConnectionPool, SingleNodeConnectionPool, TransportBuilder,
@@ -42,7 +42,7 @@ fn transport_error(e: elasticsearch::Error) -> RequestError {
     } else {
         let text = e.to_string();
         let text = text.split(" for url").next().unwrap_or(&text).to_string();
-        format!("cannot reach Elasticsearch: {text}")
+        crate::telemetry::cap_text(&format!("cannot reach Elasticsearch: {text}"))
     };
     RequestError(RequestOutcome::Retry(msg))
 }
@@ -53,7 +53,13 @@ pub fn build_client(s: &ElasticSettings) -> Result<Elasticsearch, String> {
     } else {
         TransportBuilder::new(MultiNodeConnectionPool::round_robin(s.urls.clone(), None))
     };
-    builder = builder.timeout(s.timeout).disable_proxy();
+    // Ask for uncompressed answers: the crate reads each answer whole (it has no streaming
+    // API), and reqwest would inflate a gzip answer without limit. Answers that announce more
+    // than MAX_ANSWER_BYTES are refused unread (see `check`).
+    builder = builder.timeout(s.timeout).disable_proxy().header(
+        elasticsearch::http::headers::ACCEPT_ENCODING,
+        elasticsearch::http::headers::HeaderValue::from_static("identity"),
+    );
     if let Some(key) = &s.api_key {
         builder = builder.auth(Credentials::EncodedApiKey(key.expose().to_string()));
     } else if let Some((user, pass)) = &s.basic {
@@ -61,6 +67,11 @@ pub fn build_client(s: &ElasticSettings) -> Result<Elasticsearch, String> {
     }
     if !s.verify_ssl {
         builder = builder.cert_validation(CertificateValidation::None);
+    } else if let Some(ca) = &s.ca_cert {
+        // Full: the CA is added to the trust roots and host names are still checked.
+        let cert = Certificate::from_pem(&ca.pem)
+            .map_err(|e| format!("ELK_CA_CERT: {} cannot be used: {e}", ca.path.display()))?;
+        builder = builder.cert_validation(CertificateValidation::Full(cert));
     }
     let transport = builder
         .build()
@@ -68,9 +79,19 @@ pub fn build_client(s: &ElasticSettings) -> Result<Elasticsearch, String> {
     Ok(Elasticsearch::new(transport))
 }
 
+/// Largest answer the sidecar reads from Elasticsearch when its size is announced. Its own
+/// requests get far smaller answers (a bulk of BULK_MAX_DOCS items, 5,000 ids per page).
+pub const MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
+
 async fn check(resp: Result<Response, elasticsearch::Error>) -> Result<Response, RequestError> {
     let resp = resp.map_err(transport_error)?;
     let status = resp.status_code().as_u16();
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES) {
+        return Err(RequestError(RequestOutcome::Retry(format!(
+            "Elasticsearch answered HTTP {status} with more than {} MB; not read",
+            MAX_ANSWER_BYTES >> 20
+        ))));
+    }
     if (200..300).contains(&status) {
         return Ok(resp);
     }
@@ -291,7 +312,9 @@ pub async fn max_sequence(es: &Elasticsearch, index: &str) -> Result<Option<u64>
     // A `max` aggregation answers a double (exact up to 2^53, i.e. year 2255 in microseconds).
     Ok(v["aggregations"]["max_sequence"]["value"]
         .as_f64()
-        .filter(|m| m.is_finite() && *m >= 0.0)
+        // Elasticsearch versions are at most i64::MAX; anything above is not ours, and would
+        // overflow the sequence clock.
+        .filter(|m| m.is_finite() && *m >= 0.0 && *m < 9.0e18)
         .map(|m| m as u64))
 }
 

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-pub const TEMPLATE_VERSION: u64 = 1;
+pub const TEMPLATE_VERSION: u64 = 2;
 
 pub fn template_name(index: &str) -> String {
     format!("caldera-sidecar-{index}")
@@ -92,6 +92,7 @@ pub fn template_body(index: &str) -> Value {
                         "tactic": {"properties": {"name": kw()}}
                     }},
                     "related": {"properties": {"hosts": kw(), "user": kw()}},
+                    "detection": crate::correlate::detection::mapping(),
                     "sidecar": {"properties": {"sequence": {"type": "long"}, "observed_at": date}}
                 }
             }

@@ -24,7 +24,7 @@ pub fn elastic_check(
         "template": cfg.template_name,
         "template_installed": e.template_installed,
         "template_current": e.template_current,
-        "last_error": e.last_error,
+        "last_error": e.last_error.as_deref().map(super::one_line),
         "last_probe_seconds_ago": secs(age(now, e.last_probe)),
         "last_write_seconds_ago": secs(age(now, e.last_ok_write)),
     }));
@@ -103,7 +103,7 @@ pub fn caldera_check(cs: &CalderaStatus, now: SystemTime, starting: bool) -> Che
         "authenticated": cs.authenticated,
         "auth_method": cs.auth_method,
         "version": cs.version,
-        "last_error": cs.last_error,
+        "last_error": cs.last_error.as_deref().map(super::one_line),
         "last_poll_seconds_ago": secs(age(now, cs.last_ok_poll)),
     }));
     let error = cs.last_error.as_deref().unwrap_or("");
@@ -193,7 +193,7 @@ pub fn spool_check(s: &SpoolStatus, now: SystemTime) -> Check {
         "bytes": s.bytes,
         "oldest_age_seconds": secs(oldest_age),
         "full": s.full,
-        "last_error": s.last_error,
+        "last_error": s.last_error.as_deref().map(super::one_line),
     }));
     if s.full {
         c.raise(

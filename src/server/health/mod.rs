@@ -196,10 +196,12 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         ("dead_letters", dead_letter_check(&spool, &shared.stats)),
         ("memory", memory_check(host, &cfg.thresholds, now)),
         ("disk", disk_check(host, &cfg.thresholds, now)),
-        (
-            "pipeline",
-            pipeline_check(&caldera, &shared.stats, &budgeted(cfg, shared), uptime, now),
-        ),
+        ("pipeline", {
+            let mut c =
+                pipeline_check(&caldera, &shared.stats, &budgeted(cfg, shared), uptime, now);
+            stage_failure(&mut c, shared.fatal());
+            c
+        }),
         (
             "intake",
             crate::caldera::intake::intake_check(&shared.intake, now),
@@ -208,6 +210,7 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
             "agents",
             crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
         ),
+        ("correlation", correlation_check(shared, now)),
     ];
     let level = checks
         .iter()
@@ -229,6 +232,29 @@ fn budgeted(cfg: &HealthConfig, shared: &Shared) -> HealthConfig {
         poll_bound: cfg.poll_bound.max(listing * 3 + Duration::from_secs(10)),
         ..cfg.clone()
     }
+}
+
+/// A dead stage (see [`crate::supervise`]) makes the pipeline unhealthy: nothing is indexed any
+/// more, and the process is about to exit so that it is restarted.
+fn stage_failure(c: &mut Check, fatal: Option<String>) {
+    if let Some(why) = fatal {
+        c.details
+            .insert("stage_failure".into(), one_line(&why).into());
+        c.raise(
+            Level::Unhealthy,
+            format!("{why}: the process exits with code 1 so that systemd (Restart=on-failure) starts it again; see the log"),
+        );
+    }
+}
+
+/// The correlation stage's check, from its own status (see `correlate::status`).
+fn correlation_check(shared: &Shared, now: SystemTime) -> Check {
+    let (level, message, details) = crate::correlate::status::check(&shared.correlation, now);
+    let mut c = Check::new(details);
+    if let (1, Some(m)) = (level, message) {
+        c.raise(Level::Degraded, m);
+    }
+    c
 }
 
 fn age(now: SystemTime, t: Option<SystemTime>) -> Option<Duration> {
