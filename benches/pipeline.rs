@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench pipeline -- <scenario>... [--runs N] [--size N] [--seconds S] [--rate R] [--poll S]
-//! scenarios: latency cpu memory throughput health replay caldera-load correlation report all
+//! scenarios: latency cpu memory throughput health replay caldera-load correlation report intake all
 //! ```
 //!
 //! Why a custom program and not criterion: most figures are properties of the whole daemon
@@ -39,6 +39,8 @@ mod cpu;
 mod docs;
 #[path = "pipeline/health.rs"]
 mod health;
+#[path = "pipeline/intake.rs"]
+mod intake;
 #[path = "pipeline/latency.rs"]
 mod latency;
 #[path = "pipeline/memory.rs"]
@@ -65,6 +67,7 @@ const SCENARIOS: &[&str] = &[
     "caldera-load",
     "correlation",
     "report",
+    "intake",
 ];
 
 fn usage() -> String {
@@ -141,6 +144,7 @@ async fn run_once(name: &str, ctx: &Ctx) -> Result<Figures, BenchError> {
         "caldera-load" => caldera_load::run(ctx).await,
         "correlation" => correlation::run(ctx).await,
         "report" => report::run(ctx).await,
+        "intake" => intake::run(ctx).await,
         other => Err(BenchError::Failed(format!("unknown scenario {other}"))),
     }
 }
@@ -156,6 +160,7 @@ fn targets(name: &str, ctx: &Ctx) -> Vec<Target> {
         "caldera-load" => caldera_load::targets(),
         "correlation" => correlation::targets(),
         "report" => report::targets(),
+        "intake" => intake::targets(),
         _ => Vec::new(),
     }
 }

@@ -140,6 +140,14 @@ fi
 rm -rf "${TMPDIR:-/tmp}/caldera-sidecar-tests"
 
 status=0
+# The Caldera plugin (Python, runs inside Caldera): its own unit tests, with the standard library only.
+if command -v python3 >/dev/null 2>&1; then
+  section "Caldera plugin: python3 -m unittest discover -s caldera-plugin/tests"
+  python3 -m unittest discover -s "$repo/caldera-plugin/tests" || status=$?
+else
+  echo "test.sh: python3 not found: the Caldera plugin's tests did not run" >&2
+  status=1
+fi
 if [ "$#" -eq 0 ]; then
   # Benchmarks run as smoke tests without harness flags: criterion and the pipeline program
   # have their own command lines (--test-threads is libtest's).

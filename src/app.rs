@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::caldera::client::CalderaClient;
-use crate::caldera::watcher::{Known, Watcher};
+use crate::caldera::watcher::{Known, Watcher, Wiring};
 use crate::config::Settings;
 use crate::sink::{self, Sink};
 use crate::state::Shared;
@@ -113,7 +113,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (unsaved_tx, unsaved_rx) = mpsc::unbounded_channel();
     // Template and restart knowledge: best effort with a deadline, so a down Elasticsearch
     // never blocks intake (documents then wait in the sink).
-    let known = prepare_index(&es, &index, &shared).await;
+    let known = with_state_file(
+        prepare_index(&es, &index, &shared).await,
+        &settings.intake.state_file,
+    );
 
     let mut sink =
         Sink::new(es.clone(), &settings, shared.clone(), unsaved_tx).map_err(StartError::Spool)?;
@@ -132,6 +135,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             shutdown_rx.clone(),
         ),
     );
+    // Pushed events wait here for the watcher; bounded (see caldera::push).
+    let (events_tx, events_rx) = mpsc::channel(crate::caldera::push::QUEUE);
+    *shared
+        .intake
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(events_tx);
     let agents_run = crate::agents::watch::run(
         client.clone(),
         settings.agents.clone(),
@@ -151,11 +161,15 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let watcher = Watcher::new(
         client,
         settings.caldera.clone(),
+        settings.intake.clone(),
         settings.documents.clone(),
-        doc_tx,
         shared.clone(),
         known,
-        unsaved_rx,
+        Wiring {
+            out: doc_tx,
+            unsaved: unsaved_rx,
+            events: events_rx,
+        },
     );
 
     // Optional stages, each supervised like the core ones.
@@ -239,6 +253,7 @@ async fn prepare_index(
         Ok::<_, sink::elastic::RequestError>(Known {
             settled,
             max_sequence,
+            from: "index",
         })
     };
     match tokio::time::timeout(Duration::from_secs(15), read).await {
@@ -260,6 +275,31 @@ async fn prepare_index(
             Known::default()
         }
     }
+}
+
+/// Adds the local state file's knowledge: its settled operations when the index could not be
+/// read (so a start with Elasticsearch down does not fetch them all again), and its sequence
+/// number always (the clock must stay above every observation handed out).
+fn with_state_file(mut known: Known, path: &std::path::Path) -> Known {
+    let file = match crate::caldera::settled::load(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "local state file not used");
+            return known;
+        }
+    };
+    known.max_sequence = known.max_sequence.max(file.max_sequence);
+    if known.from != "index" {
+        if !file.settled.is_empty() {
+            tracing::info!(
+                operations = file.settled.len(),
+                "index not readable: settled operations taken from the local state file; they will not be fetched again"
+            );
+        }
+        known.settled = file.settled;
+        known.from = "state_file";
+    }
+    known
 }
 
 /// Keeps the index template installed and current: retries while Elasticsearch is down at

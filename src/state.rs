@@ -192,6 +192,8 @@ pub struct Shared {
     pub elastic: Mutex<ElasticStatus>,
     pub breaker: Mutex<BreakerStatus>,
     pub spool: Mutex<SpoolStatus>,
+    /// Push endpoint counters, measured read costs and effective intervals.
+    pub intake: crate::caldera::intake::IntakeState,
     /// Set when a pipeline stage died (see [`crate::supervise`]): health turns unhealthy,
     /// `/livez` fails, and the process exits non-zero so its supervisor restarts it.
     pub fatal: Mutex<Option<String>>,
@@ -210,6 +212,7 @@ impl Default for Shared {
             elastic: Mutex::new(ElasticStatus::default()),
             breaker: Mutex::new(BreakerStatus::default()),
             spool: Mutex::new(SpoolStatus::default()),
+            intake: Default::default(),
             fatal: Mutex::new(None),
             agents: Mutex::new(AgentsStatus::default()),
             correlation: Default::default(),

@@ -141,6 +141,10 @@ async fn measure(
             ("POLL_IDLE_INTERVAL", "0.5".into()),
             ("KEY_MIN_POLL_INTERVAL", "0.3".into()),
             ("SETTLE_GRACE", "0.3".into()),
+            // Smoke phases last a second: at the 1 % budget a 20 ms KEY listing would be spaced
+            // 2 s (the budget has its own scenario, `intake`).
+            ("CALDERA_CPU_BUDGET", "100".into()),
+            ("CALDERA_CPU_BUDGET_ACTIVE", "100".into()),
         ]
     } else {
         Vec::new()

@@ -1,99 +1,95 @@
-//! The watcher: turns Caldera's changing state into a stream of documents.
+//! The watcher: turns Caldera's changing state into a stream of documents, at a cost to Caldera
+//! that stays within a budget.
 //!
-//! Caldera has no change feed we can rely on and every request costs it event-loop time, so the
-//! watcher polls the cheap listing and fetches a full operation only when the listing says it is
-//! new or changed, or while it is active (running, paused, cleanup…) or closed but not yet
-//! settled. "Settled" follows what a real Caldera does: `finished` is not terminal (stop →
-//! cleanup → finished) and link results can arrive after the operation looks finished, so an
-//! operation is settled only when it is closed, every non-discarded link has a result, and that
-//! has held for a grace period. A settled operation costs nothing until the listing shows it
-//! changed.
+//! Two ways to learn of a change:
+//! * **Push** ([`super::push`]): the Caldera plugin reports link results and state changes as
+//!   they happen; the watcher then fetches that one link (constant cost), or the operation when
+//!   its state changed, coalescing bursts (the two events of one link result arrive 0.5 ms
+//!   apart and cost one fetch).
+//! * **Polling**, for a Caldera without the plugin and as the reconciliation push needs (a missed
+//!   event must still be indexed): the listing finds new and changed operations; operations that
+//!   are running (without push) or closed but not settled are fetched whole.
 //!
-//! Each document is sent only when its content changed since the last time (a fingerprint per
-//! document), with an observation number that only grows: the index keeps the newest
-//! observation even if an older one is replayed later.
+//! Every read is timed, and reads are spaced by their measured cost ([`super::budget`]): the
+//! listing by the idle budget (it is the only read of an idle sidecar, and it grows with every
+//! operation Caldera holds), whole-operation fetches by the active budget. While push is live
+//! the listing only reconciles, every `PUSH_RECONCILE_INTERVAL`.
+//!
+//! "Settled" follows what a real Caldera does: `finished` is not terminal (stop → cleanup →
+//! finished) and link results can arrive after the operation looks finished, so an operation is
+//! settled only when it is closed, every non-discarded link has a result, and that has held for
+//! a grace period. A settled operation costs nothing until the listing (or an event) shows it
+//! changed, and is remembered in the index and in a local state file ([`super::settled`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+use super::budget::{Cost, Pacer};
 use super::client::{CalderaClient, CalderaError};
-use super::model::{Operation, OperationSummary, Report};
+pub use super::fingerprint::SequenceClock;
+use super::fingerprint::id_key;
+use super::intake::{IntakeSettings, ReadCost};
+use super::model::OperationSummary;
+use super::push::PushEvent;
+use super::settled::SettledMemory;
 use crate::config::CalderaSettings;
 use crate::document::types::{LinkId, OperationId, OperationState, Timestamp};
-use crate::document::{self, DocSettings, Encoded, Unsaved};
+use crate::document::{DocSettings, Encoded, Unsaved};
 use crate::state::Shared;
 
-/// Observation numbers: microseconds since the epoch, forced to grow by at least one, so they
-/// order observations across restarts (used as the external version in the index).
-#[derive(Debug, Default)]
-pub struct SequenceClock(AtomicU64);
-
-impl SequenceClock {
-    /// A clock whose numbers are all above `floor` (the highest one already in the index), even
-    /// if the wall clock is behind it.
-    pub fn above(floor: Option<u64>) -> Self {
-        Self(AtomicU64::new(floor.unwrap_or(0)))
-    }
-
-    pub fn next(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        let mut prev = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self
-                .0
-                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(p) => prev = p,
-            }
-        }
-    }
-}
+/// Events are collected this long after the first one before fetching: one link result fires
+/// two events ~0.5 ms apart, a state change often comes with `completed`.
+const COALESCE: Duration = Duration::from_millis(15);
 
 #[derive(Debug)]
-struct Tracked {
-    summary: OperationSummary,
-    settled: bool,
+pub(super) struct Tracked {
+    pub(super) summary: OperationSummary,
+    pub(super) settled: bool,
     /// Since when the operation has been closed with every link done.
-    done_since: Option<Instant>,
-    closed_since: Option<Instant>,
-    last_fetch: Option<Instant>,
+    pub(super) done_since: Option<Instant>,
+    pub(super) closed_since: Option<Instant>,
+    pub(super) last_fetch: Option<Instant>,
+    /// A whole fetch is wanted at this time whatever the mode (new, changed, late link result).
+    pub(super) want_fetch: Option<Instant>,
     /// The report's `finish`, once known.
-    finish: Option<Timestamp>,
+    pub(super) finish: Option<Timestamp>,
     /// What was last sent, by hash of the document id (16 bytes an entry: 50,000 tracked links
     /// cost under 2 MB): for a link the hash of its inputs (`link_input`), for the operation
     /// the fingerprint of its encoded content. Emptied once settled.
-    sent: HashMap<u64, u64>,
+    pub(super) sent: HashMap<u64, u64>,
     /// Number of invalid values last reported for this operation (to log changes once).
-    invalid_reported: usize,
-    /// Some of its documents could not be kept by the sink: fetch it again on the next poll.
-    resend: bool,
+    pub(super) invalid_reported: usize,
+    /// Some of its documents could not be kept by the sink: fetch it again.
+    pub(super) resend: bool,
     /// Fingerprint of the last content built from, and whether all its links were done:
     /// an unchanged re-fetch (the common case while an operation settles) builds nothing.
-    content: Option<(u64, bool)>,
+    pub(super) content: Option<(u64, bool)>,
     /// The last body fetched, as a hash, with what was read from it: a byte-identical re-fetch
     /// is not parsed again.
-    last_body: Option<LastBody>,
+    pub(super) last_body: Option<LastBody>,
+    /// The operation without its links (see `fetch::skeleton`): what a single fetched link is
+    /// built with. Only while not settled.
+    pub(super) skeleton: Option<String>,
+    /// The operation's `finish` from a pushed `operation/completed` (no report needed).
+    pub(super) finish_from_event: Option<Timestamp>,
+    /// Closed with every link done, waiting for the grace: its operation document as last
+    /// built, so that with push live it can be settled without fetching it again.
+    pub(super) settling_doc: Option<Box<crate::document::OperationDoc>>,
     /// When the report (for `finish`) may be asked again after a failure.
-    report_retry_at: Option<Instant>,
+    pub(super) report_retry_at: Option<Instant>,
     /// Failed report requests: an operation settles without `finish` only after a few.
-    report_failures: u8,
+    pub(super) report_failures: u8,
 }
 
 #[derive(Debug)]
-struct LastBody {
-    hash: u64,
-    state: OperationState,
-    link_context: u64,
-    content_base: u64,
+pub(super) struct LastBody {
+    pub(super) hash: u64,
+    pub(super) state: OperationState,
+    pub(super) link_context: u64,
+    pub(super) content_base: u64,
 }
 
 impl Tracked {
@@ -104,98 +100,195 @@ impl Tracked {
             done_since: None,
             closed_since: None,
             last_fetch: None,
+            want_fetch: None,
             finish: None,
             sent: HashMap::new(),
             invalid_reported: 0,
             resend: false,
             content: None,
             last_body: None,
+            skeleton: None,
+            finish_from_event: None,
+            settling_doc: None,
             report_retry_at: None,
             report_failures: 0,
         }
     }
+
+    fn state(&self) -> OperationState {
+        match &self.last_body {
+            Some(l) => l.state.clone(),
+            None => OperationState::parse(&self.summary.state),
+        }
+    }
 }
 
-/// What the index already knows at start-up.
+/// What is known at start-up about earlier runs.
 #[derive(Debug, Default)]
 pub struct Known {
-    /// Operations the index holds as settled, with their state.
+    /// Operations held as settled, with their state.
     pub settled: HashMap<String, String>,
-    /// The highest observation number in the index.
+    /// The highest observation number handed out before.
     pub max_sequence: Option<u64>,
+    /// "index", "state_file" or "nothing".
+    pub from: &'static str,
+}
+
+/// The watcher's connections to the rest of the daemon.
+pub struct Wiring {
+    pub out: mpsc::Sender<Encoded>,
+    /// Documents the sink could not keep (e.g. disk full): forget them so they are sent again.
+    pub unsaved: mpsc::UnboundedReceiver<Unsaved>,
+    /// Events pushed by the Caldera plugin.
+    pub events: mpsc::Receiver<PushEvent>,
 }
 
 pub struct Watcher {
-    client: Arc<CalderaClient>,
-    settings: CalderaSettings,
-    docs: DocSettings,
-    out: mpsc::Sender<Encoded>,
-    shared: Arc<Shared>,
-    clock: SequenceClock,
-    ops: HashMap<OperationId, Tracked>,
-    /// Operations the index already holds as settled (read at start-up), with their state.
+    pub(super) client: Arc<CalderaClient>,
+    pub(super) settings: CalderaSettings,
+    intake: IntakeSettings,
+    pub(super) docs: DocSettings,
+    pub(super) out: mpsc::Sender<Encoded>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) clock: SequenceClock,
+    pub(super) ops: HashMap<OperationId, Tracked>,
+    /// Operations known as settled at start-up (index or state file), with their state.
     known_settled: HashMap<String, String>,
-    /// Documents the sink could not keep (e.g. disk full): forget them so they are sent again.
     unsaved: mpsc::UnboundedReceiver<Unsaved>,
+    events: mpsc::Receiver<PushEvent>,
+    pub(super) memory: SettledMemory,
     last_error: Option<String>,
-}
-
-/// What one poll found, for the choice of the next interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
-    Active,
-    Idle,
+    listing_pacer: Pacer,
+    fetch_pacer: Pacer,
+    listing_cost: Cost,
+    link_cost: Cost,
+    op_cost: Cost,
+    /// When pushed events were last reported lost (plugin or queue): settling without a look
+    /// relies on every change having been pushed since.
+    lost_at: Option<Instant>,
+    listings: u64,
+    op_fetches: u64,
+    link_fetches: u64,
+    version_checked: bool,
 }
 
 impl Watcher {
     pub fn new(
         client: Arc<CalderaClient>,
         settings: CalderaSettings,
+        intake: IntakeSettings,
         docs: DocSettings,
-        out: mpsc::Sender<Encoded>,
         shared: Arc<Shared>,
         known: Known,
-        unsaved: mpsc::UnboundedReceiver<Unsaved>,
+        wiring: Wiring,
     ) -> Self {
+        let file = super::settled::StateFile {
+            version: 1,
+            max_sequence: known.max_sequence,
+            settled: known.settled.clone(),
+        };
+        let memory = SettledMemory::new(intake.state_file.clone(), file);
+        shared.intake.update(|s| {
+            s.known_from = known.from;
+            s.remembered_settled = known.settled.len();
+        });
         Self {
             client,
+            listing_pacer: Pacer::new(intake.idle_budget),
+            fetch_pacer: Pacer::new(intake.active_budget),
             settings,
+            intake,
             docs,
-            out,
+            out: wiring.out,
             shared,
             clock: SequenceClock::above(known.max_sequence),
             ops: HashMap::new(),
             known_settled: known.settled,
-            unsaved,
+            unsaved: wiring.unsaved,
+            events: wiring.events,
+            memory,
             last_error: None,
+            listing_cost: Cost::default(),
+            link_cost: Cost::default(),
+            op_cost: Cost::default(),
+            lost_at: None,
+            listings: 0,
+            op_fetches: 0,
+            link_fetches: 0,
+            version_checked: false,
         }
     }
 
-    /// Polls until `shutdown` turns true: fast while anything is active, slowly when idle.
+    fn push_live(&self) -> bool {
+        self.shared.intake.push_live(SystemTime::now())
+    }
+
+    /// Runs until `shutdown` turns true: listing and fetches when due, pushed events as they
+    /// come. Shutdown interrupts a request in progress (a hung Caldera must not delay it):
+    /// documents already handed to the sink are safe, the rest is fetched again on the next
+    /// start.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut version_checked = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if !version_checked {
-                version_checked = self.check_version().await;
-            }
-            let started = Instant::now();
-            // Shutdown interrupts a poll (a hung Caldera must not delay it): documents already
-            // handed to the sink are safe, the rest is fetched again on the next start.
-            let activity = tokio::select! {
-                a = self.poll_once() => a,
-                _ = shutdown.changed() => break,
+            let work = async {
+                if !self.version_checked {
+                    self.version_checked = self.check_version().await;
+                }
+                self.take_unsaved();
+                if self.shared.intake.take_lost() {
+                    self.lost_at = Some(Instant::now());
+                    // Events were lost (plugin or queue full): reconcile as soon as the
+                    // budget allows, instead of at the push cadence.
+                    self.listing_pacer.spent(
+                        Instant::now(),
+                        self.listing_cost.get(),
+                        self.settings.idle_interval,
+                    );
+                }
+                let now = Instant::now();
+                if self.listing_pacer.ready(now) {
+                    self.list().await;
+                }
+                self.fetch_due().await;
+                self.memory.set_max_sequence(self.clock.last());
+                self.memory.maybe_save(Instant::now(), false);
+                self.publish();
             };
-            self.shared.stats.poll_seconds.observe(started.elapsed());
-            let wait = interval_for(&self.settings, activity);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = work => {}
+                _ = shutdown.changed() => break,
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                Some(first) = self.events.recv() => {
+                    tokio::select! {
+                        _ = self.on_events(first) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
                 _ = shutdown.changed() => {}
             }
         }
+        self.memory.set_max_sequence(self.clock.last());
+        self.memory.maybe_save(Instant::now(), true);
         tracing::info!("watcher stopped");
+    }
+
+    /// When the loop must look again: the next listing, the next due fetch.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = self
+            .listing_pacer
+            .next()
+            .unwrap_or(now + self.settings.idle_interval);
+        if let Some(t) = self.earliest_due(now) {
+            let t = t.max(self.fetch_pacer.next().unwrap_or(now));
+            wake = wake.min(t);
+        }
+        wake.max(now + Duration::from_millis(5))
     }
 
     async fn check_version(&self) -> bool {
@@ -212,12 +305,12 @@ impl Watcher {
         }
     }
 
-    fn record_error(&mut self, e: &CalderaError) {
+    pub(super) fn record_error(&mut self, e: &CalderaError) {
         self.shared.stats.caldera_errors.inc();
         let msg = e.to_string();
         // Log a failure when it starts or changes, not on every poll of an outage.
         if self.last_error.as_deref() != Some(msg.as_str()) {
-            tracing::warn!(error = %msg, "Caldera request failed; will retry on the next poll");
+            tracing::warn!(error = %msg, "Caldera request failed; will retry");
             self.last_error = Some(msg.clone());
         }
         let (reachable, authenticated) = match e {
@@ -232,36 +325,65 @@ impl Watcher {
         });
     }
 
-    /// One poll: the listing, then the operations that need a look. Never fails: errors are
-    /// logged, counted and retried on the next poll.
-    pub async fn poll_once(&mut self) -> Activity {
+    fn record_ok(&mut self) {
+        self.last_error = None;
+        self.shared.caldera(|c| {
+            c.reachable = true;
+            c.authenticated = true;
+            c.last_error = None;
+            c.last_ok_poll = Some(SystemTime::now());
+        });
+    }
+
+    fn take_unsaved(&mut self) {
         while let Ok(u) = self.unsaved.try_recv() {
             let op = u
                 .operation_id
                 .as_deref()
                 .and_then(|o| OperationId::parse(o).ok());
-            if let Some(t) = op.and_then(|o| self.ops.get_mut(&o)) {
+            if let Some(id) = op
+                && let Some(t) = self.ops.get_mut(&id)
+            {
                 t.sent.remove(&id_key(&u.id));
                 t.settled = false;
                 t.resend = true;
+                t.want_fetch = Some(Instant::now());
+                self.memory.unsettled(id.as_str());
             }
         }
-        let list: Vec<OperationSummary> = match self.client.get(super::OPERATIONS_LIST).await {
+    }
+
+    /// The listing: finds new operations and changes to known ones. Spaced by the idle budget
+    /// (or the push reconciliation interval while push is live).
+    async fn list(&mut self) {
+        let started = Instant::now();
+        let res = self
+            .client
+            .get::<Vec<OperationSummary>>(super::OPERATIONS_LIST)
+            .await;
+        let cost = started.elapsed();
+        self.listing_cost.observe(cost);
+        self.listings += 1;
+        let floor = if self.push_live() {
+            self.intake.push_reconcile
+        } else {
+            self.settings.idle_interval
+        };
+        self.listing_pacer
+            .spent(Instant::now(), self.listing_cost.get(), floor);
+        self.shared.stats.poll_seconds.observe(cost);
+        let list = match res {
             Ok(l) => l,
             Err(e) => {
                 self.shared.stats.polls_failed.inc();
                 self.record_error(&e);
-                return if self.ops.values().any(|t| !t.settled) {
-                    Activity::Active
-                } else {
-                    Activity::Idle
-                };
+                return;
             }
         };
+        self.shared.stats.polls_ok.inc();
+        self.record_ok();
         let now = Instant::now();
         let mut seen = HashSet::with_capacity(list.len());
-        let mut to_fetch = Vec::new();
-        let mut active = false;
         for s in list {
             let id = match OperationId::parse(&s.id) {
                 Ok(id) => id,
@@ -276,63 +398,300 @@ impl Watcher {
                 .known_settled
                 .get(id.as_str())
                 .is_some_and(|st| *st == s.state);
-            let t = self
-                .ops
-                .entry(id.clone())
-                .or_insert_with(|| Tracked::new(s.clone(), known));
+            let t = self.ops.entry(id.clone()).or_insert_with(|| {
+                let mut t = Tracked::new(s.clone(), known);
+                if !known {
+                    t.want_fetch = Some(now);
+                }
+                t
+            });
             if t.summary != s {
                 t.summary = s.clone();
+                if t.settled {
+                    self.memory.unsettled(id.as_str());
+                }
                 t.settled = false;
                 t.done_since = None;
-            }
-            if t.settled {
-                continue;
-            }
-            let state = OperationState::parse(&s.state);
-            let in_window = !state.is_closed()
-                || t.closed_since
-                    .is_none_or(|c| now.duration_since(c) < self.settings.settle_window);
-            active |= in_window || t.resend;
-            // `resend`: part of its documents is still to be built (a very large operation).
-            let due = in_window
-                || t.resend
-                || t.last_fetch
-                    .is_none_or(|f| now.duration_since(f) >= self.settings.idle_interval);
-            if due {
-                to_fetch.push(id);
+                t.want_fetch = Some(now);
             }
         }
         self.ops.retain(|id, _| seen.contains(id));
-        // Only the first look after start-up needs the index's knowledge.
+        self.memory.retain(|id| {
+            OperationId::parse(id)
+                .ok()
+                .is_some_and(|id| seen.contains(&id))
+        });
+        // Only the first look after start-up needs the earlier knowledge.
         if !self.known_settled.is_empty() {
             self.known_settled.clear();
         }
+    }
 
-        let mut failed = false;
-        let fetched = !to_fetch.is_empty();
-        for id in to_fetch {
-            if let Err(e) = self.refresh(&id).await {
-                failed = true;
-                self.record_error(&e);
+    /// When the operation wants a whole fetch (`None`: not until something happens).
+    fn due_at(&self, t: &Tracked, now: Instant, push_live: bool) -> Option<Instant> {
+        if t.settled {
+            return None;
+        }
+        let last = t.last_fetch.unwrap_or(now);
+        let by_state = if t.state().is_closed() {
+            let in_window = t
+                .closed_since
+                .is_none_or(|c| now.duration_since(c) < self.settings.settle_window);
+            let all_done = t.content.is_some_and(|(_, done)| done);
+            if push_live && all_done {
+                // Push reports late results: one look after the grace confirms the settle. If
+                // that look could not settle it (no report `finish` yet), the next one waits
+                // an idle interval (the report is retried at that pace too).
+                let confirm = t.done_since.unwrap_or(last) + self.settings.settle_grace;
+                if last >= confirm {
+                    Some(last + self.settings.idle_interval)
+                } else {
+                    Some(confirm)
+                }
+            } else if in_window {
+                Some(last + self.settings.poll_interval)
+            } else {
+                Some(last + self.settings.idle_interval)
+            }
+        } else if push_live {
+            // Running: its link results and state changes arrive as events.
+            None
+        } else {
+            Some(last + self.settings.poll_interval)
+        };
+        // `resend`: part of its documents is still to be built (a very large operation, built
+        // in pieces) or was lost by the sink: look again at the next poll.
+        let by_state = if t.resend {
+            let soon = last + self.settings.poll_interval;
+            Some(by_state.map_or(soon, |b| b.min(soon)))
+        } else {
+            by_state
+        };
+        match (t.want_fetch, by_state) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn earliest_due(&self, now: Instant) -> Option<Instant> {
+        let live = self.push_live();
+        self.ops
+            .values()
+            .filter_map(|t| self.due_at(t, now, live))
+            .min()
+    }
+
+    /// Whole fetches of the operations that are due, as far as the active budget allows now.
+    async fn fetch_due(&mut self) {
+        let now = Instant::now();
+        let live = self.push_live();
+        let mut due: Vec<(Instant, OperationId)> = self
+            .ops
+            .iter()
+            .filter_map(|(id, t)| self.due_at(t, now, live).map(|d| (d, id.clone())))
+            .filter(|(d, _)| *d <= now)
+            .collect();
+        due.sort();
+        let mut fetched = false;
+        for (_, id) in due {
+            if live && self.settle_quietly(&id).await {
+                continue;
+            }
+            if !self.fetch_pacer.ready(Instant::now()) {
+                break;
+            }
+            fetched = true;
+            match self.refresh(&id).await {
+                Ok(()) => self.record_ok(),
+                Err(e) => {
+                    // Not again before the next interval.
+                    if let Some(t) = self.ops.get_mut(&id) {
+                        t.last_fetch = Some(Instant::now());
+                        t.want_fetch = None;
+                    }
+                    self.record_error(&e);
+                }
             }
         }
         if fetched {
             crate::memory::release_free_memory();
         }
-        if !failed {
-            self.last_error = None;
-            self.shared.caldera(|c| {
-                c.reachable = true;
-                c.authenticated = true;
-                c.last_error = None;
-                c.last_ok_poll = Some(SystemTime::now());
+    }
+
+    /// Records a whole fetch's cost: it spaces the next whole fetch.
+    pub(super) fn spent_on_operation(&mut self, cost: Duration) {
+        self.op_cost.observe(cost);
+        self.op_fetches += 1;
+        // No floor here: the per-operation intervals are `due_at`'s; the pacer only keeps
+        // the stream of whole fetches within the active budget.
+        self.fetch_pacer.spent(Instant::now(), cost, Duration::ZERO);
+    }
+
+    pub(super) fn lost_at(&self) -> Option<Instant> {
+        self.lost_at
+    }
+
+    pub(super) fn spent_on_link(&mut self, cost: Duration) {
+        self.link_cost.observe(cost);
+        self.link_fetches += 1;
+    }
+
+    /// Pushed events: collect a short burst, then fetch each changed link once and each
+    /// operation whose state changed once.
+    async fn on_events(&mut self, first: PushEvent) {
+        tokio::time::sleep(COALESCE).await;
+        let mut batch = vec![first];
+        while batch.len() < super::push::QUEUE {
+            match self.events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(events = batch.len(), "pushed events");
+        let mut whole: Vec<OperationId> = Vec::new();
+        let mut links: Vec<(OperationId, LinkId)> = Vec::new();
+        let mut seen_links: HashSet<(OperationId, LinkId)> = HashSet::new();
+        let mut finish_at: HashMap<OperationId, Timestamp> = HashMap::new();
+        for e in batch {
+            match e {
+                PushEvent::State { operation, .. } => {
+                    if !whole.contains(&operation) {
+                        whole.push(operation);
+                    }
+                }
+                PushEvent::Completed { operation, at } => {
+                    if let Some(at) = at.filter(|a| a.is_finite() && *a > 0.0) {
+                        // Caldera's `finish` is whole seconds.
+                        let secs = at.floor() as u64;
+                        finish_at.insert(
+                            operation.clone(),
+                            Timestamp::from_unix_micros(secs.saturating_mul(1_000_000)),
+                        );
+                    }
+                    if !whole.contains(&operation) {
+                        whole.push(operation);
+                    }
+                }
+                PushEvent::Link {
+                    operation: Some(op),
+                    link,
+                } => {
+                    if seen_links.insert((op.clone(), link.clone())) {
+                        links.push((op, link));
+                    }
+                }
+                // Links of no operation (an agent's bootstrap) and new agents: nothing to
+                // index (a new agent of an open operation shows in its next whole fetch).
+                PushEvent::Link {
+                    operation: None, ..
+                }
+                | PushEvent::Agent => {}
+            }
+        }
+        let now = Instant::now();
+        for (op, link) in links {
+            if whole.contains(&op) {
+                continue;
+            }
+            let known = self.ops.get_mut(&op);
+            match known {
+                Some(t) => {
+                    if t.settled {
+                        t.settled = false;
+                        self.memory.unsettled(op.as_str());
+                    }
+                }
+                None => {
+                    whole.push(op);
+                    continue;
+                }
+            }
+            tracing::debug!(operation = %op, link = %link, "pushed link result: fetching the link");
+            match self.fetch_link(&op, &link).await {
+                Ok(true) => self.record_ok(),
+                Ok(false) => {
+                    if !whole.contains(&op) {
+                        whole.push(op);
+                    }
+                }
+                Err(e) => {
+                    self.record_error(&e);
+                    if let Some(t) = self.ops.get_mut(&op) {
+                        t.want_fetch = Some(now);
+                    }
+                }
+            }
+        }
+        for op in whole {
+            tracing::debug!(operation = %op, "pushed event: fetching the operation");
+            let t = self.ops.entry(op.clone()).or_insert_with(|| {
+                // First seen through push (no event announces a new operation; its first link
+                // result does): the fetch fills in the listing's fields.
+                Tracked::new(
+                    OperationSummary {
+                        id: op.as_str().to_string(),
+                        name: String::new(),
+                        state: String::new(),
+                        start: None,
+                        group: None,
+                    },
+                    false,
+                )
             });
+            if t.settled {
+                t.settled = false;
+                self.memory.unsettled(op.as_str());
+            }
+            t.done_since = None;
+            t.settling_doc = None;
+            if let Some(f) = finish_at.remove(&op) {
+                t.finish_from_event = Some(f);
+            }
+            match self.refresh(&op).await {
+                Ok(()) => self.record_ok(),
+                Err(CalderaError::NotFound { .. }) => {
+                    self.ops.remove(&op);
+                }
+                Err(e) => {
+                    self.record_error(&e);
+                    if let Some(t) = self.ops.get_mut(&op) {
+                        t.want_fetch = Some(Instant::now());
+                    }
+                }
+            }
         }
-        if failed {
-            self.shared.stats.polls_failed.inc();
+        self.publish();
+    }
+
+    /// Shows the measured costs and effective intervals in health and metrics.
+    fn publish(&self) {
+        let live = self.push_live();
+        let listing_floor = if live {
+            self.intake.push_reconcile
         } else {
-            self.shared.stats.polls_ok.inc();
-        }
+            self.settings.idle_interval
+        };
+        let read = |cost: &Cost, pacer: Option<&Pacer>, floor: Duration, count: u64| ReadCost {
+            cost: cost.get(),
+            configured: floor,
+            effective: pacer.map_or(floor, |p| p.last_wait.max(floor)),
+            stretched: pacer.is_some_and(|p| p.last_wait > floor),
+            count,
+        };
+        let listing = read(
+            &self.listing_cost,
+            Some(&self.listing_pacer),
+            listing_floor,
+            self.listings,
+        );
+        let operation = read(
+            &self.op_cost,
+            Some(&self.fetch_pacer),
+            self.settings.poll_interval,
+            self.op_fetches,
+        );
+        let link = read(&self.link_cost, None, Duration::ZERO, self.link_fetches);
+        // Operations settle after fetches and pushed events too, not only at listings.
         self.shared
             .stats
             .operations_tracked
@@ -341,324 +700,13 @@ impl Watcher {
             .stats
             .operations_settled
             .set(self.ops.values().filter(|t| t.settled).count() as u64);
-        if active {
-            Activity::Active
-        } else {
-            Activity::Idle
-        }
-    }
-
-    /// Fetches one operation, builds its documents and sends those that changed.
-    async fn refresh(&mut self, id: &OperationId) -> Result<(), CalderaError> {
-        let path = super::operation_path(id.as_str());
-        let body = self.client.get_bytes(&path).await?;
-        let result = self.apply(id, &path, &body).await;
-        let len = body.len();
-        drop(body);
-        crate::memory::transient_freed(len);
-        result
-    }
-
-    /// Builds the documents of one fetched operation and sends those that changed.
-    async fn apply(
-        &mut self,
-        id: &OperationId,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(), CalderaError> {
-        let now = Instant::now();
-        let Some(t) = self.ops.get_mut(id) else {
-            return Ok(());
-        };
-        let resend = t.resend;
-        // Most re-fetches (a running operation between changes, a closed one settling) return
-        // the very same bytes: recognise them by a hash of the body and skip parsing them.
-        let body_hash = hash_bytes(body);
-        let same = t
-            .last_body
-            .as_ref()
-            .filter(|l| l.hash == body_hash && !resend);
-        let (op, state, context, base) = match same {
-            Some(l) => (None, l.state.clone(), l.link_context, l.content_base),
-            None => {
-                let o: Operation = CalderaClient::decode(path, body)?;
-                let state = OperationState::parse(&o.state);
-                let context = link_context(&o);
-                let base = content_base(&o, context);
-                (Some(o), state, context, base)
-            }
-        };
-        // Read: from here on the fetch counts (a malformed body leaves everything as it was).
-        t.last_fetch = Some(now);
-        t.resend = false;
-        t.last_body = Some(LastBody {
-            hash: body_hash,
-            state: state.clone(),
-            link_context: context,
-            content_base: base,
+        let remembered = self.memory.saved_count();
+        self.shared.intake.update(|s| {
+            s.listing = listing;
+            s.operation = operation;
+            s.link = link;
+            s.push_live = live;
+            s.remembered_settled = remembered;
         });
-        if state.is_closed() {
-            t.closed_since.get_or_insert(now);
-        } else {
-            t.closed_since = None;
-            t.done_since = None;
-            t.finish = None;
-        }
-        if state.is_closed() && t.finish.is_none() && t.report_retry_at.is_none_or(|r| now >= r) {
-            // The report is the only place Caldera gives an operation's end time. Right after
-            // creation it can answer 500; we try again, at most once per idle interval.
-            let body = serde_json::json!({"enable_agent_output": false});
-            match self
-                .client
-                .post::<Report>(&super::report_path(id.as_str()), &body)
-                .await
-            {
-                Ok(r) => {
-                    t.finish = r.finish.as_deref().and_then(|f| Timestamp::parse(f).ok());
-                    if t.finish.is_none() {
-                        // Closed but no end time yet (or an unreadable one): ask again later.
-                        t.report_retry_at = Some(now + self.settings.idle_interval);
-                        t.report_failures = t.report_failures.saturating_add(1);
-                    }
-                }
-                Err(e) => {
-                    t.report_retry_at = Some(now + self.settings.idle_interval);
-                    t.report_failures = t.report_failures.saturating_add(1);
-                    tracing::debug!(operation = %id, error = %e, "report not available yet");
-                }
-            }
-        }
-        let fingerprint = with_finish(base, t.finish);
-        if let Some((fp, done)) = t.content
-            && fp == fingerprint
-            && !resend
-        {
-            // Nothing changed since the last build. Only the settle clock can move.
-            let settles = done
-                && finish_ready(t)
-                && now.duration_since(*t.done_since.get_or_insert(now))
-                    >= self.settings.settle_grace;
-            if !settles {
-                return Ok(());
-            }
-        }
-        let op = match op {
-            Some(o) => o,
-            // Same bytes, but the report's `finish` or the settle clock moved.
-            None => CalderaClient::decode(path, body)?,
-        };
-        let observed = Timestamp::now();
-        // A link document depends on its link's JSON and on the operation fields in `context`
-        // only: one whose inputs are what was last sent is not built again.
-        let sent = &t.sent;
-        let mut inputs = Vec::new();
-        let mut wanted = |link: &LinkId, raw: &str| {
-            let key = id_key(&document::link_doc_id(link));
-            let input = link_input(context, raw);
-            let unchanged = sent.get(&key) == Some(&input);
-            if !unchanged {
-                inputs.push((key, input));
-            }
-            !unchanged
-        };
-        let built = document::build_with(op, t.finish, false, observed, &self.docs, &mut wanted);
-        let mut built = match built {
-            Ok(b) => b,
-            Err(e) => {
-                self.shared.stats.invalid_values.inc();
-                tracing::warn!(error = %e, "operation skipped");
-                return Ok(());
-            }
-        };
-        if self.settings.output.include {
-            super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
-        }
-        t.content = Some((fingerprint, built.all_links_done));
-        if built.deferred > 0 {
-            // Too many changed links for one build: the rest comes with the next fetch (the next
-            // poll), so memory holds one piece, never the whole operation.
-            t.resend = true;
-            tracing::info!(
-                operation = %id,
-                built = built.links.len(),
-                remaining = built.deferred,
-                "large operation: its link documents are built in pieces, one per poll"
-            );
-        }
-        if built.all_links_done && built.deferred == 0 {
-            let since = *t.done_since.get_or_insert(now);
-            if now.duration_since(since) >= self.settings.settle_grace && finish_ready(t) {
-                built.operation.settled = true;
-            }
-        } else {
-            t.done_since = None;
-        }
-        let invalid = built.dropped.total();
-        if invalid != t.invalid_reported {
-            if invalid > t.invalid_reported {
-                self.shared
-                    .stats
-                    .invalid_values
-                    .add((invalid - t.invalid_reported) as u64);
-            }
-            tracing::warn!(
-                operation = %id,
-                invalid,
-                technique_ids = built.dropped.technique_ids,
-                tactics = built.dropped.tactics,
-                links = built.dropped.links,
-                timestamps = built.dropped.timestamps,
-                reasons = ?built.dropped.reasons,
-                "invalid values dropped from documents (the rest is indexed)"
-            );
-            t.invalid_reported = invalid;
-        }
-
-        let mut out = Vec::with_capacity(built.links.len() + 1);
-        for (link, (key, input)) in built.links.iter().zip(inputs) {
-            match document::encode(link, link.event.id.clone(), self.clock.next()) {
-                Ok((_, enc)) => {
-                    t.sent.insert(key, input);
-                    out.push(enc);
-                }
-                Err(e) => tracing::error!(error = %e, "document could not be encoded"),
-            }
-        }
-        let settled = built.operation.settled;
-        let op_doc_id = built.operation.event.id.clone();
-        push_if_changed(
-            &mut out,
-            &mut t.sent,
-            &built.operation,
-            op_doc_id,
-            &self.clock,
-        );
-        for e in out {
-            self.shared.stats.documents_emitted.inc();
-            if self.out.send(e).await.is_err() {
-                // The sink is gone: we are shutting down.
-                return Ok(());
-            }
-        }
-        if settled {
-            t.settled = true;
-            // Nothing more will be compared for a settled operation: keep memory flat.
-            t.sent = HashMap::new();
-            tracing::info!(operation = %id, "operation settled");
-        }
-        Ok(())
-    }
-}
-
-/// Settling waits for the report's `finish`, unless the report failed a few times (it can
-/// answer 500; a settled operation is not fetched again).
-fn finish_ready(t: &Tracked) -> bool {
-    t.finish.is_some() || t.report_failures >= 3
-}
-
-/// The operation fields a link document is built from besides its link, hashed: name, group,
-/// start and the agent fields used (not `last_seen`, which changes on every beacon).
-fn link_context(op: &Operation<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&op.id, &op.name, &op.start, &op.group).hash(&mut h);
-    for raw in op.host_group.iter().flatten() {
-        match serde_json::from_str::<super::model::Agent>(raw.get()) {
-            Ok(a) => (a.paw, a.username, a.host, a.platform, a.privilege).hash(&mut h),
-            Err(_) => raw.get().hash(&mut h),
-        }
-    }
-    h.finish()
-}
-
-/// What one link document is built from: the operation's link context and the link's JSON
-/// exactly as Caldera sent it.
-fn link_input(context: u64, raw: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (context, raw).hash(&mut h);
-    h.finish()
-}
-
-/// What the documents of an operation are built from, hashed, except the report's `finish`:
-/// the link context (`link_context(op)`), the other scalar fields, and every link exactly as
-/// Caldera sent it.
-fn content_base(op: &Operation<'_>, link_context: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (link_context, &op.state, op.auto_close).hash(&mut h);
-    if let Some(a) = &op.adversary {
-        (&a.adversary_id, &a.name).hash(&mut h);
-    }
-    if let Some(p) = &op.planner {
-        (&p.id, &p.name).hash(&mut h);
-    }
-    for raw in op.chain.iter().flatten() {
-        raw.get().hash(&mut h);
-    }
-    h.finish()
-}
-
-/// The whole content fingerprint: [`content_base`] and the report's `finish`.
-fn with_finish(base: u64, finish: Option<Timestamp>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (base, finish).hash(&mut h);
-    h.finish()
-}
-
-fn hash_bytes(bytes: &[u8]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
-}
-
-fn id_key(id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
-}
-
-fn push_if_changed<T: serde::Serialize>(
-    out: &mut Vec<Encoded>,
-    sent: &mut HashMap<u64, u64>,
-    doc: &T,
-    id: String,
-    clock: &SequenceClock,
-) {
-    match document::encode(doc, id, clock.next()) {
-        Ok((fp, enc)) => {
-            let key = id_key(&enc.id);
-            if sent.get(&key) != Some(&fp) {
-                sent.insert(key, fp);
-                out.push(enc);
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "document could not be encoded"),
-    }
-}
-
-/// How long to wait before the next poll (exposed for tests of the cadence).
-pub fn interval_for(settings: &CalderaSettings, a: Activity) -> Duration {
-    match a {
-        Activity::Active => settings.poll_interval,
-        Activity::Idle => settings.idle_interval,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_clock_starts_above_the_indexed_observations() {
-        let far = 4_000_000_000_000_000; // year 2096, in microseconds
-        let clock = SequenceClock::above(Some(far));
-        let a = clock.next();
-        assert!(a > far);
-        assert!(clock.next() > a);
-        assert!(SequenceClock::above(None).next() > 1_700_000_000_000_000);
     }
 }

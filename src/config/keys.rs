@@ -210,6 +210,7 @@ pub(crate) const TABLES: &[&[Key]] = &[
     crate::correlate::settings::KEYS,
     crate::caldera::output::KEYS,
     crate::report::settings::KEYS,
+    crate::caldera::intake::KEYS,
 ];
 
 /// All keys, in table order.

@@ -115,6 +115,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub documents: DocSettings,
     pub reports: crate::report::settings::ReportSettings,
+    pub intake: crate::caldera::intake::IntakeSettings,
     pub enroll: crate::enroll::EnrollSettings,
     pub agents: crate::agents::AgentsSettings,
     pub correlation: crate::correlate::CorrelationSettings,
@@ -402,9 +403,12 @@ impl Layered {
                 1 << 20,
             )? as usize,
         };
+        let spool_dir = path("SPOOL_DIR", self.get("SPOOL_DIR"))?;
+        let intake = crate::caldera::intake::IntakeSettings::from_layered(self, &spool_dir)?;
         let enroll = crate::enroll::EnrollSettings::from_layered(self)?;
         let agents = crate::agents::AgentsSettings::from_layered(self, &auth)?;
         Ok(Settings {
+            intake,
             caldera: CalderaSettings {
                 url: caldera_url,
                 auth,
@@ -442,7 +446,7 @@ impl Layered {
                     self.get("BREAKER_MAX_COOLDOWN"),
                 )?,
             },
-            spool_dir: path("SPOOL_DIR", self.get("SPOOL_DIR"))?,
+            spool_dir,
             dead_letter_dir: path("DEAD_LETTER_DIR", self.get("DEAD_LETTER_DIR"))?,
             spool_max_bytes: (float("SPOOL_MAX_MB", self.get("SPOOL_MAX_MB"))? * 1024.0 * 1024.0)
                 as u64,

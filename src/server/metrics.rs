@@ -335,6 +335,19 @@ pub fn render(shared: &Shared, host: &HostSnapshot, level: Level) -> String {
         );
     }
 
+    let mut seen = std::collections::HashSet::new();
+    for (name, help, labels, v) in crate::caldera::intake::metrics(&shared.intake, now) {
+        if seen.insert(name) {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            o.family(name, kind, help);
+        }
+        o.sample(name, &labels, v);
+    }
+
     let agents = shared.agents_status();
     if agents.interval.is_some() {
         o.family(

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::watch;
 
@@ -83,6 +83,7 @@ pub fn router(
         )
         .route("/metrics", get(metrics_handler))
         .route(auth::LIVENESS_PATH, get(livez_handler))
+        .route(crate::caldera::push::PATH, post(events_handler))
         .with_state(state.clone())
         .merge(extra)
         // `layer` (not `route_layer`) so unknown paths are guarded too: without the key, a
@@ -108,6 +109,11 @@ async fn health_handler(State(st): State<AppState>) -> Response {
         Json(report.to_json()),
     )
         .into_response()
+}
+
+/// `POST /api/v2/events`: the Caldera plugin's pushed events ([`crate::caldera::push`]).
+async fn events_handler(State(st): State<AppState>, req: axum::extract::Request) -> Response {
+    crate::caldera::push::receive(&st.shared, req.into_body()).await
 }
 
 /// `ok` while every pipeline stage runs; 503 once one died (the process is exiting then).

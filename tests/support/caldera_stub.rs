@@ -23,6 +23,14 @@
 //!   the red key) and, while it is being verified, every other request waits
 //!   (disable with [`CalderaStub::set_single_event_loop`]). A login with an existing
 //!   user pays half of it (one argon2 verify instead of two).
+//! * Serialization cost ([`CalderaStub::set_cost_model`], off by default so functional tests
+//!   stay fast): a real Caldera dumps every object it returns in full before `include` drops
+//!   fields, so each read holds the event loop in proportion to what it serializes.
+//!   [`CostModel::caldera_5_3`] is calibrated on the issue-12 measurements of a real Caldera
+//!   5.3.0 (session cookie, loopback): the listing ~0.75 ms per link Caldera holds, one
+//!   operation 10 ms + 2.5 ms per link, one link 4 ms, health/agents 3 ms. Each request's
+//!   charged cost is kept in its [`RequestRecord`] (`cost`), so a benchmark can add up the
+//!   Caldera time a sidecar caused.
 //! * `GET /api/v2/agents`: each agent's `status` is computed at read time like Caldera's
 //!   `Agent.status` ([`agent_status`]); `GET /api/v2/deploy_commands` serves the recording
 //!   (no querystring schema), and `GET /api/v2/config/agents` its `agents.*` keys (what
@@ -141,6 +149,68 @@ pub struct RequestRecord {
     pub received: Instant,
     pub received_at: SystemTime,
     pub answered: Option<Instant>,
+    /// Event-loop time charged by the [`CostModel`] (zero without one).
+    pub cost: Duration,
+}
+
+/// What one request costs Caldera's event loop, by what it serializes (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CostModel {
+    /// `GET /operations`: fixed part, and per link of every operation held.
+    pub listing: Duration,
+    pub listing_per_link: Duration,
+    /// `GET /operations/{id}` (and `/links`, the report, event-logs): fixed part, and per link
+    /// of that operation.
+    pub operation: Duration,
+    pub operation_per_link: Duration,
+    /// `GET /operations/{id}/links/{link_id}` (and its `/result`).
+    pub link: Duration,
+    /// `GET /health`, `GET /agents`.
+    pub other: Duration,
+}
+
+impl CostModel {
+    /// Calibrated on a real Caldera 5.3.0 holding ~10 operations / ~560 links (issue 12):
+    /// listing 0.41-0.52 s (0.75 ms × 560 = 0.42 s), a 56-link operation 0.12-0.18 s
+    /// (10 + 2.5 × 56 = 150 ms), one link 4 ms, health/agents 2-4 ms. The report and
+    /// event-logs were not measured; they walk every link, so they are charged like the
+    /// operation (an upper bound).
+    pub fn caldera_5_3() -> Self {
+        Self {
+            listing: Duration::from_millis(5),
+            listing_per_link: Duration::from_micros(750),
+            operation: Duration::from_millis(10),
+            operation_per_link: Duration::from_micros(2_500),
+            link: Duration::from_millis(4),
+            other: Duration::from_millis(3),
+        }
+    }
+
+    fn of(&self, st: &StubState, route: &V2Route) -> Duration {
+        let links = |op: &Value| op["chain"].as_array().map_or(0, Vec::len) as u32;
+        let op_cost = |id: &str| {
+            let n = st
+                .operations
+                .iter()
+                .find(|o| o["id"] == id)
+                .map_or(0, links);
+            self.operation + self.operation_per_link * n
+        };
+        match route {
+            V2Route::Health | V2Route::Agents | V2Route::DeployCommands | V2Route::Config(_) => {
+                self.other
+            }
+            V2Route::OperationsList => {
+                let n: u32 = st.operations.iter().map(links).sum();
+                self.listing + self.listing_per_link * n
+            }
+            V2Route::Operation(id)
+            | V2Route::Links(id)
+            | V2Route::Report(id)
+            | V2Route::EventLogs(id) => op_cost(id),
+            V2Route::Link(..) | V2Route::LinkResult(..) => self.link,
+        }
+    }
 }
 
 struct FaultEntry {
@@ -155,6 +225,7 @@ struct StubState {
     sessions: HashSet<String>,
     key_delay: Duration,
     single_event_loop: bool,
+    cost_model: CostModel,
     /// Insertion order = Caldera's in-memory order (used when the sort key is absent).
     operations: Vec<Value>,
     reports: HashMap<String, Value>,
@@ -207,6 +278,7 @@ impl CalderaStub {
             sessions: HashSet::new(),
             key_delay: Duration::ZERO,
             single_event_loop: true,
+            cost_model: CostModel::default(),
             operations: Vec::new(),
             reports: HashMap::new(),
             event_logs: HashMap::new(),
@@ -276,6 +348,22 @@ impl CalderaStub {
 
     /// Extra latency of every `/api/v2` request that carries a `KEY` header (real
     /// Caldera, red key: ~200 ms). Default 0.
+    /// Charges every read its serialization cost on the (modelled) event loop.
+    pub fn set_cost_model(&self, m: CostModel) {
+        self.shared.lock().cost_model = m;
+    }
+
+    /// Event-loop time charged to the requests recorded so far (see [`CostModel`]), by route.
+    pub fn charged(&self, kind: Option<RouteKind>) -> Duration {
+        self.shared
+            .lock()
+            .records
+            .iter()
+            .filter(|(_, r)| kind.is_none_or(|k| r.kind == k))
+            .map(|(_, r)| r.cost)
+            .sum()
+    }
+
     pub fn set_key_delay(&self, d: Duration) {
         self.shared.lock().key_delay = d;
     }
@@ -886,6 +974,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 received,
                 received_at,
                 answered: None,
+                cost: Duration::ZERO,
             },
         ));
         let fault = st
@@ -922,9 +1011,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
-            (process(&shared, action, key, cookie, &ctx).await, false)
+            (
+                process(&shared, action, key, cookie, &ctx, record_id).await,
+                false,
+            )
         }
-        None => (process(&shared, action, key, cookie, &ctx).await, false),
+        None => (
+            process(&shared, action, key, cookie, &ctx, record_id).await,
+            false,
+        ),
     };
     let status = response.status().as_u16();
     mark(&shared, record_id, |r| {
@@ -961,6 +1056,7 @@ async fn process(
     key: Option<String>,
     cookie: Option<String>,
     ctx: &Ctx,
+    record_id: u64,
 ) -> Response {
     match action {
         Action::Landing => {
@@ -1005,6 +1101,14 @@ async fn process(
             }
             if !authenticate(shared, key, cookie).await {
                 return aiohttp_text(401);
+            }
+            let cost = {
+                let st = shared.lock();
+                st.cost_model.of(&st, &route)
+            };
+            if !cost.is_zero() {
+                on_event_loop(shared, cost).await;
+                mark(shared, record_id, |r| r.cost = cost);
             }
             v2(shared, route, ctx)
         }
@@ -1242,7 +1346,24 @@ fn v2(shared: &Shared, route: V2Route, ctx: &Ctx) -> Response {
             other => json_error(404, format!("Config not found: {other}")),
         },
         V2Route::OperationsList => {
-            let ops = st.operations.clone();
+            // Only the included keys are copied (a listing of thousands of links must not
+            // cost the stub a deep copy of every chain; the model charges the real cost).
+            let ops: Vec<Value> = match query_list(&ctx.query, "include") {
+                Some(inc) => st
+                    .operations
+                    .iter()
+                    .map(|o| {
+                        let mut m = serde_json::Map::new();
+                        for k in &inc {
+                            if let Some(v) = o.get(k) {
+                                m.insert(k.clone(), v.clone());
+                            }
+                        }
+                        Value::Object(m)
+                    })
+                    .collect(),
+                None => st.operations.clone(),
+            };
             drop(st);
             list_objects(ops, &ctx.query)
         }

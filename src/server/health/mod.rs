@@ -197,10 +197,15 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         ("memory", memory_check(host, &cfg.thresholds, now)),
         ("disk", disk_check(host, &cfg.thresholds, now)),
         ("pipeline", {
-            let mut c = pipeline_check(&caldera, &shared.stats, cfg, uptime, now);
+            let mut c =
+                pipeline_check(&caldera, &shared.stats, &budgeted(cfg, shared), uptime, now);
             stage_failure(&mut c, shared.fatal());
             c
         }),
+        (
+            "intake",
+            crate::caldera::intake::intake_check(&shared.intake, now),
+        ),
         (
             "agents",
             crate::agents::check::agents_check(&shared.agents_status(), now, uptime),
@@ -217,6 +222,16 @@ pub fn evaluate(shared: &Shared, host: &HostSnapshot, cfg: &HealthConfig) -> Rep
         level,
         uptime,
         checks,
+    }
+}
+
+/// The poll bound, widened when the CPU budget (or push reconciliation) spaces the listing
+/// further than the configured intervals.
+fn budgeted(cfg: &HealthConfig, shared: &Shared) -> HealthConfig {
+    let listing = shared.intake.status().listing.effective;
+    HealthConfig {
+        poll_bound: cfg.poll_bound.max(listing * 3 + Duration::from_secs(10)),
+        ..cfg.clone()
     }
 }
 
