@@ -2,7 +2,7 @@
 //!
 //! The report is laid out by `report.typ`, compiled against an in-memory "world": the template,
 //! the report as `/data.json`, the logo as `/logo.png` or `/logo.svg`, and fonts compiled into the
-//! binary (DejaVu Sans, Droid Sans Fallback for CJK, and typst-assets' DejaVu Sans Mono). Nothing is
+//! binary (DejaVu Sans, DejaVu Sans Mono and Droid Sans Fallback for CJK). Nothing is
 //! read from the network or the system's fonts, so the same documents give the same PDF on any
 //! machine. The data reaches the template only through `json(...)`: strings stay strings, so a
 //! name like `#import "x"` or `]` is printed, never evaluated.
@@ -25,9 +25,13 @@ use super::model::Report;
 use super::settings::{Branding, Paper};
 
 const TEMPLATE: &str = include_str!("report.typ");
-const FONTS: [&[u8]; 3] = [
+/// Only the fonts the template uses are compiled in (typst-assets' font set would add 9 MB,
+/// of which only DejaVu Sans Mono was used).
+const FONTS: [&[u8]; 5] = [
     include_bytes!("../../assets/fonts/DejaVuSans.ttf"),
     include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf"),
+    include_bytes!("../../assets/fonts/DejaVuSansMono.ttf"),
+    include_bytes!("../../assets/fonts/DejaVuSansMono-Bold.ttf"),
     include_bytes!("../../assets/fonts/DroidSansFallbackFull.ttf"),
 ];
 /// Lines of commands and output longer than this are wrapped for the page.
@@ -55,13 +59,7 @@ fn fonts() -> &'static (LazyHash<FontBook>, Vec<Font>) {
         let fonts: Vec<Font> = FONTS
             .iter()
             .copied()
-            .chain(typst_assets::fonts())
             .flat_map(|data| Font::iter(Bytes::new(data)))
-            // Only the mono family is wanted from typst-assets (commands); the rest is unused.
-            .filter(|f| {
-                let fam = f.info().family.as_str();
-                fam.starts_with("DejaVu") || fam.starts_with("Droid")
-            })
             .collect();
         (LazyHash::new(FontBook::from_fonts(&fonts)), fonts)
     })
