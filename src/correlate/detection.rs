@@ -24,7 +24,7 @@ use elasticsearch::Elasticsearch;
 use elasticsearch::http::Method;
 use serde_json::{Value, json};
 
-use super::es::{Body, EsError, ndjson, path_index, send};
+use super::es::{Body, EsError, ndjson, path_index, search, send};
 use super::link::LinkView;
 use super::time::format_millis;
 
@@ -175,16 +175,7 @@ pub async fn operations_without_summary(
             "must_not": [{"exists": {"field": "detection.techniques_total"}}]
         }}
     });
-    let v = send(
-        es,
-        "reading operation documents",
-        Method::Post,
-        &format!("/{}/_search", path_index(index)),
-        &[("ignore_unavailable", "true")],
-        Body::Json(body.to_string().into_bytes()),
-        timeout,
-    )
-    .await?;
+    let v = search(es, "reading operation documents", index, &body, timeout).await?;
     Ok(v["hits"]["hits"]
         .as_array()
         .map(Vec::as_slice)
@@ -207,16 +198,7 @@ pub async fn settled_operations(
     let ids: Vec<String> = ops.iter().map(|o| format!("op-{o}")).collect();
     let body = json!({"size": ids.len(), "_source": ["operation_id", "settled"],
                       "query": {"ids": {"values": ids}}});
-    let v = send(
-        es,
-        "reading operation documents",
-        Method::Post,
-        &format!("/{}/_search", path_index(index)),
-        &[("ignore_unavailable", "true")],
-        Body::Json(body.to_string().into_bytes()),
-        timeout,
-    )
-    .await?;
+    let v = search(es, "reading operation documents", index, &body, timeout).await?;
     Ok(v["hits"]["hits"]
         .as_array()
         .map(Vec::as_slice)

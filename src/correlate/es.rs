@@ -46,6 +46,26 @@ pub enum Body {
     NdJson(Vec<u8>),
 }
 
+/// One `_search` of `index` (a missing index reads as no hits), answered as JSON.
+pub async fn search(
+    es: &Elasticsearch,
+    what: &'static str,
+    index: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, EsError> {
+    send(
+        es,
+        what,
+        Method::Post,
+        &format!("/{}/_search", path_index(index)),
+        &[("ignore_unavailable", "true")],
+        Body::Json(body.to_string().into_bytes()),
+        timeout,
+    )
+    .await
+}
+
 /// Sends one request and returns its JSON answer; any non-2xx is an error with a short,
 /// sanitised excerpt of the answer.
 pub async fn send(

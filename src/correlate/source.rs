@@ -17,7 +17,7 @@ use elasticsearch::http::Method;
 use serde_json::{Value, json};
 
 use super::alert::{self, Alert, Malformed};
-use super::es::{Body, EsError, ndjson, path_index, send, take_array};
+use super::es::{Body, EsError, ndjson, path_index, search, send, take_array};
 use super::link::{self, LinkView};
 
 /// Alerts per page of one host's search.
@@ -56,16 +56,7 @@ pub async fn links_page(
     if let Some(a) = after {
         body["search_after"] = json!([a]);
     }
-    let mut v = send(
-        es,
-        "reading link documents",
-        Method::Post,
-        &format!("/{}/_search", path_index(index)),
-        &[("ignore_unavailable", "true")],
-        Body::Json(body.to_string().into_bytes()),
-        timeout,
-    )
-    .await?;
+    let mut v = search(es, "reading link documents", index, &body, timeout).await?;
     Ok(take_array(&mut v, "hits", "hits"))
 }
 
@@ -249,16 +240,7 @@ pub async fn previous_records(
         if let Some(a) = &after {
             body["search_after"] = a.clone();
         }
-        let mut v = send(
-            es,
-            "reading correlation records",
-            Method::Post,
-            &format!("/{}/_search", path_index(index)),
-            &[("ignore_unavailable", "true")],
-            Body::Json(body.to_string().into_bytes()),
-            timeout,
-        )
-        .await?;
+        let mut v = search(es, "reading correlation records", index, &body, timeout).await?;
         let hits = take_array(&mut v, "hits", "hits");
         let n = hits.len();
         after = hits.last().map(|h| h["sort"].clone());
