@@ -1,19 +1,22 @@
 //! Fetching: one whole operation (built into all its documents), or one link (built into its
-//! document alone, from the operation context kept since the last whole fetch).
+//! document alone, from the operation context kept since the last whole fetch), and the
+//! operation document rebuilt from that context after pushed changes.
 //!
 //! A whole fetch costs Caldera in proportion to the operation's links (~2.5 ms each on a real
 //! Caldera 5.3.0); one link costs ~4 ms whatever the operation's size. So on a pushed link event
-//! only that link is fetched, and the operation itself when its state changed or when it must
-//! be settled.
+//! only that link is fetched, a pushed state change is applied without a request, and an
+//! operation is fetched whole when it is discovered, when push is not live, or when the kept
+//! context cannot tell (see [`super::context`]).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use super::client::{CalderaClient, CalderaError};
+use super::context::OpContext;
 use super::fingerprint::{
     content_base, hash_bytes, id_key, link_context, link_input, push_if_changed, with_finish,
 };
-use super::model::{Agent, Operation, OperationSummary, Report};
+use super::model::{Link, Operation, OperationSummary, Report};
 use super::watcher::{LastBody, Tracked, Watcher};
 use crate::document::types::{LinkId, OperationId, OperationState, Timestamp};
 use crate::document::{self};
@@ -42,9 +45,11 @@ impl Watcher {
         result
     }
 
-    /// Fetches one link and sends its document if it changed. `Ok(false)`: this operation has
-    /// no context to build from yet, or Caldera does not know the link there: the caller
-    /// fetches the whole operation instead.
+    /// Fetches one link, sends its document if it changed and records it in the operation's
+    /// kept context (the caller then rebuilds the operation document with
+    /// [`Self::rebuild_operation`]). `Ok(false)`: this operation has no context to build from
+    /// yet, the link comes from an agent the context does not know, or Caldera does not know
+    /// the link there: the caller fetches the whole operation instead.
     pub(super) async fn fetch_link(
         &mut self,
         op: &OperationId,
@@ -53,7 +58,7 @@ impl Watcher {
         let has_context = self
             .ops
             .get(op)
-            .is_some_and(|t| t.skeleton.is_some() && t.last_body.is_some());
+            .is_some_and(|t| t.context.is_some() && t.last_body.is_some());
         if !has_context {
             return Ok(false);
         }
@@ -69,21 +74,23 @@ impl Watcher {
         let Some(t) = self.ops.get_mut(op) else {
             return Ok(false);
         };
-        let (Some(skeleton), Some(last)) = (&t.skeleton, &t.last_body) else {
+        let (Some(ctx), Some(last)) = (&mut t.context, &t.last_body) else {
             return Ok(false);
         };
-        // The single link inside the kept operation context: the same builder as a whole
-        // fetch, so the link document is exactly what a whole fetch would have produced.
         let raw_text = std::str::from_utf8(&raw).map_err(|e| CalderaError::Decode {
             path: path.clone(),
             bytes: raw.len(),
             message: e.to_string(),
         })?;
-        let body = format!(
-            "{},\"chain\":[{}]}}",
-            &skeleton[..skeleton.len().saturating_sub(1)],
-            raw_text.trim()
-        );
+        let parsed: Link = CalderaClient::decode(&path, raw_text.as_bytes())?;
+        if parsed.paw.as_deref().is_some_and(|p| !ctx.knows_agent(p)) {
+            // A new agent joined the operation's group: its fields come with the operation.
+            return Ok(false);
+        }
+        // The single link inside the kept operation context: the same builder as a whole
+        // fetch, so the link document is exactly what a whole fetch would have produced.
+        let body = ctx.link_body(raw_text);
+        ctx.set_link(raw_text);
         let o: Operation = CalderaClient::decode(&path, body.as_bytes())?;
         let context = last.link_context;
         let sent = &t.sent;
@@ -126,21 +133,108 @@ impl Watcher {
                 Err(e) => tracing::error!(error = %e, "document could not be encoded"),
             }
         }
-        // The operation document (link counts, techniques) is now behind, and a closed
-        // operation got a late result: look at the whole operation again after the grace.
-        t.content = None;
-        t.done_since = None;
-        t.settling_doc = None;
-        if t.last_body.as_ref().is_some_and(|l| l.state.is_closed()) {
-            t.want_fetch = Some(Instant::now() + self.settings.settle_grace);
+        self.emit(out).await;
+        Ok(true)
+    }
+
+    /// Applies a pushed state change (and the end time of a pushed `operation/completed`) to
+    /// the kept context. `false`: no context, the caller fetches the operation whole.
+    pub(super) fn apply_pushed_state(&mut self, op: &OperationId, to: Option<&str>) -> bool {
+        let Some(t) = self.ops.get_mut(op) else {
+            return false;
+        };
+        let Some(ctx) = &mut t.context else {
+            return false;
+        };
+        if let Some(to) = to {
+            let was_closed = OperationState::parse(ctx.state()).is_closed();
+            ctx.set_state(to);
+            t.summary.state = to.to_string();
+            let now_closed = OperationState::parse(to).is_closed();
+            if was_closed && !now_closed {
+                // Re-opened: its end time is no longer true.
+                t.finish = None;
+                t.finish_from_event = None;
+            }
+            if let Some(l) = &mut t.last_body {
+                // The next whole fetch must be read, not matched against the old bytes.
+                l.hash = 0;
+                l.state = OperationState::parse(to);
+            }
         }
+        true
+    }
+
+    /// Builds the operation document from its kept context (no request to Caldera) and sends it
+    /// if it changed: after pushed link results and state changes. Its settle clock starts
+    /// again, since something changed.
+    pub(super) async fn rebuild_operation(&mut self, id: &OperationId) {
+        let now = Instant::now();
+        let Some(t) = self.ops.get_mut(id) else {
+            return;
+        };
+        let Some(ctx) = &t.context else {
+            return;
+        };
+        let body = ctx.operation_body();
+        let o: Operation = match CalderaClient::decode("(kept operation)", body.as_bytes()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(operation = %id, error = %e, "kept operation context unreadable; fetching it");
+                t.want_fetch = Some(now);
+                return;
+            }
+        };
+        let state = OperationState::parse(&o.state);
+        // A pushed change counts as a look at the operation (see `due_at`).
+        t.last_fetch = Some(now);
+        if state.is_closed() {
+            t.closed_since.get_or_insert(now);
+            if t.finish.is_none() {
+                t.finish = t.finish_from_event;
+            }
+        } else {
+            t.closed_since = None;
+            t.finish = None;
+        }
+        let built = document::build_with(
+            o,
+            t.finish,
+            false,
+            Timestamp::now(),
+            &self.docs,
+            &mut |_, _| false,
+        );
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.stats.invalid_values.inc();
+                tracing::warn!(operation = %id, error = %e, "operation skipped");
+                return;
+            }
+        };
+        t.content = Some((hash_bytes(body.as_bytes()), built.all_links_done));
+        if built.all_links_done {
+            t.done_since = Some(now);
+            t.settling_doc = Some(Box::new(built.operation.clone()));
+        } else {
+            t.done_since = None;
+            t.settling_doc = None;
+        }
+        let mut out = Vec::with_capacity(1);
+        let doc_id = built.operation.event.id.clone();
+        push_if_changed(&mut out, &mut t.sent, &built.operation, doc_id, &self.clock);
+        self.emit(out).await;
+    }
+
+    /// Hands documents to the sink (stops quietly when it is gone: shutting down).
+    async fn emit(&self, out: Vec<crate::document::Encoded>) {
         for e in out {
             self.shared.stats.documents_emitted.inc();
             if self.out.send(e).await.is_err() {
                 break;
             }
         }
-        Ok(true)
     }
 
     /// Settles an operation without asking Caldera, when push is live: it was closed with every
@@ -171,15 +265,10 @@ impl Watcher {
         push_if_changed(&mut out, &mut t.sent, &*doc, doc_id, &self.clock);
         t.settled = true;
         t.sent = HashMap::new();
-        t.skeleton = None;
+        t.context = None;
         self.memory.settled(id.as_str(), &state, now);
         tracing::info!(operation = %id, "operation settled (push live: no change reported during the grace)");
-        for e in out {
-            self.shared.stats.documents_emitted.inc();
-            if self.out.send(e).await.is_err() {
-                break;
-            }
-        }
+        self.emit(out).await;
         true
     }
 
@@ -211,7 +300,7 @@ impl Watcher {
                 let state = OperationState::parse(&o.state);
                 let context = link_context(&o);
                 let base = content_base(&o, context);
-                t.skeleton = Some(skeleton(&o));
+                t.context = Some(OpContext::from_operation(&o));
                 // The listing's fields, as of this fetch: a listing showing the same values
                 // later is no change (an operation first seen through push is not fetched
                 // twice).
@@ -402,7 +491,7 @@ impl Watcher {
             t.settled = true;
             // Nothing more will be compared for a settled operation: keep memory flat.
             t.sent = HashMap::new();
-            t.skeleton = None;
+            t.context = None;
             self.memory.settled(id.as_str(), state.as_str(), now);
             tracing::info!(operation = %id, "operation settled");
         }
@@ -414,25 +503,4 @@ impl Watcher {
 /// answer 500; a settled operation is not fetched again).
 pub(super) fn finish_ready(t: &Tracked) -> bool {
     t.finish.is_some() || t.report_failures >= 3
-}
-
-/// What a link document needs from its operation besides the link: the scalar fields and the
-/// few agent fields used, as a JSON object without `chain` (a few hundred bytes, kept only
-/// while the operation is not settled).
-fn skeleton(op: &Operation<'_>) -> String {
-    let agents: Vec<serde_json::Value> = op
-        .host_group
-        .iter()
-        .flatten()
-        .filter_map(|raw| serde_json::from_str::<Agent>(raw.get()).ok())
-        .map(|a| {
-            serde_json::json!({"paw": a.paw, "username": a.username, "host": a.host,
-                               "platform": a.platform, "privilege": a.privilege})
-        })
-        .collect();
-    serde_json::json!({
-        "id": op.id, "name": op.name, "state": op.state, "start": op.start,
-        "group": op.group, "auto_close": op.auto_close, "host_group": agents,
-    })
-    .to_string()
 }

@@ -9,6 +9,8 @@
 
 pub mod budget;
 pub mod client;
+mod context;
+mod events;
 mod fetch;
 pub mod fingerprint;
 pub mod intake;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::budget::{Cost, Pacer};
 use super::client::{CalderaClient, CalderaError};
+use super::context::OpContext;
 pub use super::fingerprint::SequenceClock;
 use super::fingerprint::id_key;
 use super::intake::{IntakeSettings, ReadCost};
@@ -36,13 +37,9 @@ use super::model::OperationSummary;
 use super::push::PushEvent;
 use super::settled::SettledMemory;
 use crate::config::CalderaSettings;
-use crate::document::types::{LinkId, OperationId, OperationState, Timestamp};
+use crate::document::types::{OperationId, OperationState, Timestamp};
 use crate::document::{DocSettings, Encoded, Unsaved};
 use crate::state::Shared;
-
-/// Events are collected this long after the first one before fetching: one link result fires
-/// two events ~0.5 ms apart, a state change often comes with `completed`.
-const COALESCE: Duration = Duration::from_millis(15);
 
 #[derive(Debug)]
 pub(super) struct Tracked {
@@ -70,9 +67,10 @@ pub(super) struct Tracked {
     /// The last body fetched, as a hash, with what was read from it: a byte-identical re-fetch
     /// is not parsed again.
     pub(super) last_body: Option<LastBody>,
-    /// The operation without its links (see `fetch::skeleton`): what a single fetched link is
-    /// built with. Only while not settled.
-    pub(super) skeleton: Option<String>,
+    /// The operation's fields and a digest of its links ([`super::context`]): what a single
+    /// fetched link and, after pushed changes, the operation document are built from. Only
+    /// while not settled.
+    pub(super) context: Option<OpContext>,
     /// The operation's `finish` from a pushed `operation/completed` (no report needed).
     pub(super) finish_from_event: Option<Timestamp>,
     /// Closed with every link done, waiting for the grace: its operation document as last
@@ -93,7 +91,7 @@ pub(super) struct LastBody {
 }
 
 impl Tracked {
-    fn new(summary: OperationSummary, settled: bool) -> Self {
+    pub(super) fn new(summary: OperationSummary, settled: bool) -> Self {
         Self {
             summary,
             settled,
@@ -107,7 +105,7 @@ impl Tracked {
             resend: false,
             content: None,
             last_body: None,
-            skeleton: None,
+            context: None,
             finish_from_event: None,
             settling_doc: None,
             report_retry_at: None,
@@ -155,7 +153,7 @@ pub struct Watcher {
     /// Operations known as settled at start-up (index or state file), with their state.
     known_settled: HashMap<String, String>,
     unsaved: mpsc::UnboundedReceiver<Unsaved>,
-    events: mpsc::Receiver<PushEvent>,
+    pub(super) events: mpsc::Receiver<PushEvent>,
     pub(super) memory: SettledMemory,
     last_error: Option<String>,
     listing_pacer: Pacer,
@@ -325,7 +323,7 @@ impl Watcher {
         });
     }
 
-    fn record_ok(&mut self) {
+    pub(super) fn record_ok(&mut self) {
         self.last_error = None;
         self.shared.caldera(|c| {
             c.reachable = true;
@@ -448,6 +446,10 @@ impl Watcher {
                 } else {
                     Some(confirm)
                 }
+            } else if push_live {
+                // A link without its result: push reports it when it comes. One slow look
+                // after the last change in case it never does.
+                Some(last + self.settings.idle_interval)
             } else if in_window {
                 Some(last + self.settings.poll_interval)
             } else {
@@ -536,135 +538,8 @@ impl Watcher {
         self.link_fetches += 1;
     }
 
-    /// Pushed events: collect a short burst, then fetch each changed link once and each
-    /// operation whose state changed once.
-    async fn on_events(&mut self, first: PushEvent) {
-        tokio::time::sleep(COALESCE).await;
-        let mut batch = vec![first];
-        while batch.len() < super::push::QUEUE {
-            match self.events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        tracing::debug!(events = batch.len(), "pushed events");
-        let mut whole: Vec<OperationId> = Vec::new();
-        let mut links: Vec<(OperationId, LinkId)> = Vec::new();
-        let mut seen_links: HashSet<(OperationId, LinkId)> = HashSet::new();
-        let mut finish_at: HashMap<OperationId, Timestamp> = HashMap::new();
-        for e in batch {
-            match e {
-                PushEvent::State { operation, .. } => {
-                    if !whole.contains(&operation) {
-                        whole.push(operation);
-                    }
-                }
-                PushEvent::Completed { operation, at } => {
-                    if let Some(at) = at.filter(|a| a.is_finite() && *a > 0.0) {
-                        // Caldera's `finish` is whole seconds.
-                        let secs = at.floor() as u64;
-                        finish_at.insert(
-                            operation.clone(),
-                            Timestamp::from_unix_micros(secs.saturating_mul(1_000_000)),
-                        );
-                    }
-                    if !whole.contains(&operation) {
-                        whole.push(operation);
-                    }
-                }
-                PushEvent::Link {
-                    operation: Some(op),
-                    link,
-                } => {
-                    if seen_links.insert((op.clone(), link.clone())) {
-                        links.push((op, link));
-                    }
-                }
-                // Links of no operation (an agent's bootstrap) and new agents: nothing to
-                // index (a new agent of an open operation shows in its next whole fetch).
-                PushEvent::Link {
-                    operation: None, ..
-                }
-                | PushEvent::Agent => {}
-            }
-        }
-        let now = Instant::now();
-        for (op, link) in links {
-            if whole.contains(&op) {
-                continue;
-            }
-            let known = self.ops.get_mut(&op);
-            match known {
-                Some(t) => {
-                    if t.settled {
-                        t.settled = false;
-                        self.memory.unsettled(op.as_str());
-                    }
-                }
-                None => {
-                    whole.push(op);
-                    continue;
-                }
-            }
-            tracing::debug!(operation = %op, link = %link, "pushed link result: fetching the link");
-            match self.fetch_link(&op, &link).await {
-                Ok(true) => self.record_ok(),
-                Ok(false) => {
-                    if !whole.contains(&op) {
-                        whole.push(op);
-                    }
-                }
-                Err(e) => {
-                    self.record_error(&e);
-                    if let Some(t) = self.ops.get_mut(&op) {
-                        t.want_fetch = Some(now);
-                    }
-                }
-            }
-        }
-        for op in whole {
-            tracing::debug!(operation = %op, "pushed event: fetching the operation");
-            let t = self.ops.entry(op.clone()).or_insert_with(|| {
-                // First seen through push (no event announces a new operation; its first link
-                // result does): the fetch fills in the listing's fields.
-                Tracked::new(
-                    OperationSummary {
-                        id: op.as_str().to_string(),
-                        name: String::new(),
-                        state: String::new(),
-                        start: None,
-                        group: None,
-                    },
-                    false,
-                )
-            });
-            if t.settled {
-                t.settled = false;
-                self.memory.unsettled(op.as_str());
-            }
-            t.done_since = None;
-            t.settling_doc = None;
-            if let Some(f) = finish_at.remove(&op) {
-                t.finish_from_event = Some(f);
-            }
-            match self.refresh(&op).await {
-                Ok(()) => self.record_ok(),
-                Err(CalderaError::NotFound { .. }) => {
-                    self.ops.remove(&op);
-                }
-                Err(e) => {
-                    self.record_error(&e);
-                    if let Some(t) = self.ops.get_mut(&op) {
-                        t.want_fetch = Some(Instant::now());
-                    }
-                }
-            }
-        }
-        self.publish();
-    }
-
     /// Shows the measured costs and effective intervals in health and metrics.
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         let live = self.push_live();
         let listing_floor = if live {
             self.intake.push_reconcile
