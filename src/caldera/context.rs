@@ -3,17 +3,18 @@
 //! A whole fetch costs Caldera ~2.5 ms per link of the operation, one link ~4 ms whatever the
 //! operation's size. With push every change arrives as an event: a link result (that link is
 //! fetched alone) or a state change (the event carries the new state). Keeping the operation's
-//! own fields and, for each link, the few fields the operation document aggregates (status,
-//! times, technique, tactic, agent, host), the watcher builds both the link document and the
-//! operation document exactly as a whole fetch would have: a running operation is fetched
-//! whole once, when it is discovered, and again only when a link comes from an agent it did
-//! not know. Kept only while the operation is not settled: ~0.3 KB per link.
+//! own fields and the tally of its links ([`crate::document::Tally`]: techniques, hosts, counts
+//! by status, ~30 bytes a link), the watcher builds the link document and the operation
+//! document exactly as a whole fetch would have: a running operation is fetched whole once,
+//! when it is discovered, and again only when a link comes from an agent it did not know. Kept
+//! only while the operation is not settled.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Agent, Link, Operation};
+use super::model::{Agent, Operation};
+use crate::document::Tally;
 
 #[derive(Debug)]
 pub(super) struct OpContext {
@@ -21,13 +22,13 @@ pub(super) struct OpContext {
     head: Map<String, Value>,
     /// The paws of `host_group`: a link of another agent needs a whole fetch for its fields.
     paws: HashSet<String>,
-    /// Link id → the link reduced to what the operation document reads (or, for a link the
-    /// builder cannot decode, its JSON as sent, so a rebuild drops it the same way).
-    chain: BTreeMap<String, String>,
+    /// What the links add up to, as of the last whole fetch and the single links since.
+    pub(super) tally: Tally,
 }
 
 impl OpContext {
-    pub(super) fn from_operation(op: &Operation<'_>) -> Self {
+    /// The context of `op` as fetched, with the tally its build made.
+    pub(super) fn new(op: &Operation<'_>, tally: Tally) -> Self {
         let mut paws = HashSet::new();
         let agents: Vec<Value> = op
             .host_group
@@ -60,43 +61,7 @@ impl OpContext {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        let mut ctx = Self {
-            head,
-            paws,
-            chain: BTreeMap::new(),
-        };
-        for raw in op.chain.iter().flatten() {
-            ctx.set_link(raw.get());
-        }
-        ctx
-    }
-
-    /// Records a link's latest JSON (as Caldera sent it).
-    pub(super) fn set_link(&mut self, raw: &str) {
-        let (id, kept) = match serde_json::from_str::<Link>(raw) {
-            Ok(l) => {
-                let ability = l.ability.as_ref().map(|a| {
-                    json!({"technique_id": a.technique_id, "technique_name": a.technique_name,
-                           "tactic": a.tactic})
-                });
-                let digest = json!({
-                    "id": l.id, "status": l.status, "paw": l.paw, "host": l.host,
-                    "decide": l.decide, "collect": l.collect, "finish": l.finish,
-                    "agent_reported_time": l.agent_reported_time, "ability": ability,
-                });
-                (l.id, digest.to_string())
-            }
-            // Undecodable: kept as sent (bounded by the body cap), keyed by its id if it has one,
-            // so the operation document counts it as dropped like a whole fetch does.
-            Err(_) => {
-                let id = serde_json::from_str::<Value>(raw)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
-                    .unwrap_or_else(|| format!("#{}", self.chain.len()));
-                (id, raw.to_string())
-            }
-        };
-        self.chain.insert(id, kept);
+        Self { head, paws, tally }
     }
 
     /// Whether `paw` is one of the operation's agents as last fetched.
@@ -116,27 +81,19 @@ impl OpContext {
 
     /// An operation body holding one link: what that link's document is built from.
     pub(super) fn link_body(&self, raw_link: &str) -> String {
-        self.body(std::iter::once(raw_link.trim()))
-    }
-
-    /// An operation body holding every link as kept: what the operation document is built from.
-    pub(super) fn operation_body(&self) -> String {
-        self.body(self.chain.values().map(String::as_str))
-    }
-
-    fn body<'a>(&self, links: impl Iterator<Item = &'a str>) -> String {
         let head = Value::Object(self.head.clone()).to_string();
-        let mut out = String::with_capacity(head.len() + 16 + self.chain.len() * 320);
+        let mut out = String::with_capacity(head.len() + raw_link.len() + 16);
         out.push_str(&head[..head.len().saturating_sub(1)]);
         out.push_str(",\"chain\":[");
-        for (i, l) in links.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(l);
-        }
+        out.push_str(raw_link.trim());
         out.push_str("]}");
         out
+    }
+
+    /// The operation's own fields, without links: with [`Self::tally`], what the operation
+    /// document is built from ([`crate::document::build_operation`]).
+    pub(super) fn head_body(&self) -> String {
+        Value::Object(self.head.clone()).to_string()
     }
 }
 
@@ -146,36 +103,70 @@ mod tests {
     use crate::document::types::Timestamp;
     use crate::document::{self, DocSettings};
 
-    fn fixture(name: &str) -> Vec<u8> {
+    fn fixture(name: &str) -> Value {
         let dir = std::env::var("CALDERA_FIXTURES_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|_| {
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/caldera")
             });
-        std::fs::read(dir.join(name)).expect("fixture")
+        serde_json::from_slice(&std::fs::read(dir.join(name)).expect("fixture")).expect("json")
     }
 
-    fn op_doc(body: &[u8]) -> (Value, bool) {
-        let op: Operation = serde_json::from_slice(body).expect("operation");
-        let observed = Timestamp::parse("2026-11-28T16:00:00Z").expect("ts");
+    fn observed() -> Timestamp {
+        Timestamp::parse("2026-11-28T16:00:00Z").expect("ts")
+    }
+
+    /// A whole fetch of `body`: its operation document, whether all links are done, and the
+    /// context the watcher keeps.
+    fn whole(body: &str) -> (Value, bool, OpContext) {
+        let op: Operation = serde_json::from_str(body).expect("operation");
+        let head = op.clone();
         let built = document::build_with(
             op,
             None,
             false,
-            observed,
+            observed(),
             &DocSettings::default(),
             &mut |_, _| false,
         )
         .expect("built");
+        let doc = serde_json::to_value(&built.operation).expect("json");
         (
-            serde_json::to_value(&built.operation).expect("json"),
+            doc,
             built.all_links_done,
+            OpContext::new(&head, built.tally),
         )
+    }
+
+    fn rebuilt(ctx: &OpContext) -> (Value, bool) {
+        let head = ctx.head_body();
+        let op: Operation = serde_json::from_str(&head).expect("head");
+        let (doc, done) =
+            document::build_operation(op, &ctx.tally, None, observed(), &DocSettings::default())
+                .expect("built");
+        (serde_json::to_value(&doc).expect("json"), done)
+    }
+
+    /// A link fetched on its own, built in the context and taken into its tally.
+    fn push_link(ctx: &mut OpContext, link: &Value) {
+        let body = ctx.link_body(&link.to_string());
+        let op: Operation = serde_json::from_str(&body).expect("operation");
+        let built = document::build_with(
+            op,
+            None,
+            false,
+            observed(),
+            &DocSettings::default(),
+            &mut |_, _| true,
+        )
+        .expect("built");
+        assert_eq!(built.links.len(), 1);
+        ctx.tally.merge_links(built.tally);
     }
 
     /// The operation document rebuilt from the kept context equals the one a whole fetch
     /// builds, for every recorded operation (finished, stopped, out of time, discarded links,
-    /// timeouts and errors, empty group).
+    /// timeouts and errors, empty group), and the context is much smaller than the operation.
     #[test]
     fn the_kept_context_builds_the_same_operation_document() {
         for name in [
@@ -188,49 +179,52 @@ mod tests {
             "operation_empty_group_finished.json",
             "operation_auto_close_false_finished.json",
         ] {
-            let body = fixture(name);
-            let op: Operation = serde_json::from_slice(&body).expect("operation");
-            let ctx = OpContext::from_operation(&op);
-            let kept = ctx.operation_body();
-            assert!(kept.len() < body.len() / 2 || body.len() < 4096, "{name}");
-            assert_eq!(op_doc(kept.as_bytes()), op_doc(&body), "{name}");
+            let body = fixture(name).to_string();
+            let (doc, done, ctx) = whole(&body);
+            assert_eq!(rebuilt(&ctx), (doc, done), "{name}");
+            assert!(ctx.head_body().len() < 2048, "{name}");
         }
     }
 
-    /// A link result and a state change applied to the context give what a whole fetch of the
-    /// changed operation gives.
+    /// Link results and a state change applied to the context give what a whole fetch of the
+    /// changed operation gives, invalid values included.
     #[test]
     fn pushed_changes_update_the_kept_context() {
         let done = fixture("operation_finished.json");
-        let done_v: Value = serde_json::from_slice(&done).expect("json");
-        // The same operation while running, its last link still in flight.
-        let mut running = done_v.clone();
+        let last = done["chain"].as_array().expect("chain").len() - 1;
+        // The same operation while running: its last link in flight, one link with a hostile
+        // technique id, one link Caldera sent garbled.
+        let mut running = done.clone();
         running["state"] = json!("running");
-        let chain = running["chain"].as_array_mut().expect("chain");
-        let last = chain.len() - 1;
-        chain[last]["status"] = json!(-3);
-        chain[last]["finish"] = Value::Null;
-        let running = serde_json::to_vec(&running).expect("json");
-        let op: Operation = serde_json::from_slice(&running).expect("operation");
-        let mut ctx = OpContext::from_operation(&op);
-        let (doc, all_done) = op_doc(ctx.operation_body().as_bytes());
+        running["chain"][last]["status"] = json!(-3);
+        running["chain"][last]["finish"] = Value::Null;
+        running["chain"][1]["ability"]["technique_id"] = json!("T1082<script>");
+        running["chain"]
+            .as_array_mut()
+            .expect("chain")
+            .push(json!({"id": 7}));
+        let (doc, all_done, mut ctx) = whole(&running.to_string());
         assert!(!all_done);
         assert_eq!(doc["status"], "running");
+        assert_eq!(doc["invalid_values"], 2);
+        assert_eq!(rebuilt(&ctx), (doc, false));
 
-        let final_link = done_v["chain"][last].to_string();
-        let paw = done_v["chain"][last]["paw"].as_str().expect("paw");
+        let paw = done["chain"][last]["paw"].as_str().expect("paw");
         assert!(ctx.knows_agent(paw));
         assert!(!ctx.knows_agent("nosuchpaw"));
-        ctx.set_link(&final_link);
+        push_link(&mut ctx, &done["chain"][last]);
+        push_link(&mut ctx, &done["chain"][1]);
         ctx.set_state("finished");
         assert_eq!(ctx.state(), "finished");
-        let (doc, all_done) = op_doc(ctx.operation_body().as_bytes());
+        // The garbled link is still there (a whole fetch would count it too).
+        let mut expected = done.clone();
+        expected["chain"]
+            .as_array_mut()
+            .expect("chain")
+            .push(json!({"id": 7}));
+        let (doc, all_done, _) = whole(&expected.to_string());
         assert!(all_done);
-        assert_eq!((doc, all_done), op_doc(&done));
-
-        // One link in the operation's context builds that link's document alone.
-        let one = ctx.link_body(&final_link);
-        let op: Operation = serde_json::from_str(&one).expect("operation");
-        assert_eq!(op.chain.map(|c| c.len()), Some(1));
+        assert_eq!(doc["invalid_values"], 1);
+        assert_eq!(rebuilt(&ctx), (doc, true));
     }
 }

@@ -74,7 +74,7 @@ impl Watcher {
         let Some(t) = self.ops.get_mut(op) else {
             return Ok(false);
         };
-        let (Some(ctx), Some(last)) = (&mut t.context, &t.last_body) else {
+        let (Some(ctx), Some(last)) = (&t.context, &t.last_body) else {
             return Ok(false);
         };
         let raw_text = std::str::from_utf8(&raw).map_err(|e| CalderaError::Decode {
@@ -90,7 +90,6 @@ impl Watcher {
         // The single link inside the kept operation context: the same builder as a whole
         // fetch, so the link document is exactly what a whole fetch would have produced.
         let body = ctx.link_body(raw_text);
-        ctx.set_link(raw_text);
         let o: Operation = CalderaClient::decode(&path, body.as_bytes())?;
         let context = last.link_context;
         let sent = &t.sent;
@@ -120,6 +119,9 @@ impl Watcher {
                 return Ok(true);
             }
         };
+        if let Some(ctx) = &mut t.context {
+            ctx.tally.merge_links(std::mem::take(&mut built.tally));
+        }
         if self.settings.output.include {
             super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
         }
@@ -176,7 +178,7 @@ impl Watcher {
         let Some(ctx) = &t.context else {
             return;
         };
-        let body = ctx.operation_body();
+        let body = ctx.head_body();
         let o: Operation = match CalderaClient::decode("(kept operation)", body.as_bytes()) {
             Ok(o) => o,
             Err(e) => {
@@ -197,15 +199,9 @@ impl Watcher {
             t.closed_since = None;
             t.finish = None;
         }
-        let built = document::build_with(
-            o,
-            t.finish,
-            false,
-            Timestamp::now(),
-            &self.docs,
-            &mut |_, _| false,
-        );
-        let built = match built {
+        let built =
+            document::build_operation(o, &ctx.tally, t.finish, Timestamp::now(), &self.docs);
+        let (doc, all_done) = match built {
             Ok(b) => b,
             Err(e) => {
                 self.shared.stats.invalid_values.inc();
@@ -213,17 +209,18 @@ impl Watcher {
                 return;
             }
         };
-        t.content = Some((hash_bytes(body.as_bytes()), built.all_links_done));
-        if built.all_links_done {
+        // Not a whole fetch's fingerprint: the next whole fetch builds everything again.
+        t.content = Some((PUSHED, all_done));
+        if all_done {
             t.done_since = Some(now);
-            t.settling_doc = Some(Box::new(built.operation.clone()));
+            t.settling_doc = Some(Box::new(doc.clone()));
         } else {
             t.done_since = None;
             t.settling_doc = None;
         }
         let mut out = Vec::with_capacity(1);
-        let doc_id = built.operation.event.id.clone();
-        push_if_changed(&mut out, &mut t.sent, &built.operation, doc_id, &self.clock);
+        let doc_id = doc.event.id.clone();
+        push_if_changed(&mut out, &mut t.sent, &doc, doc_id, &self.clock);
         self.emit(out).await;
     }
 
@@ -266,6 +263,7 @@ impl Watcher {
         t.settled = true;
         t.sent = HashMap::new();
         t.context = None;
+        t.content = None;
         self.memory.settled(id.as_str(), &state, now);
         tracing::info!(operation = %id, "operation settled (push live: no change reported during the grace)");
         self.emit(out).await;
@@ -300,7 +298,6 @@ impl Watcher {
                 let state = OperationState::parse(&o.state);
                 let context = link_context(&o);
                 let base = content_base(&o, context);
-                t.context = Some(OpContext::from_operation(&o));
                 // The listing's fields, as of this fetch: a listing showing the same values
                 // later is no change (an operation first seen through push is not fetched
                 // twice).
@@ -390,6 +387,7 @@ impl Watcher {
             // Same bytes, but the report's `finish` or the settle clock moved.
             None => CalderaClient::decode(path, body)?,
         };
+        let head = op.clone();
         let observed = Timestamp::now();
         // A link document depends on its link's JSON and on the operation fields in `context`
         // only: one whose inputs are what was last sent is not built again.
@@ -417,6 +415,7 @@ impl Watcher {
             super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
         }
         t.content = Some((fingerprint, built.all_links_done));
+        t.context = Some(OpContext::new(&head, std::mem::take(&mut built.tally)));
         if built.deferred > 0 {
             // Too many changed links for one build: the rest comes with the next fetch (the next
             // poll), so memory holds one piece, never the whole operation.
@@ -492,12 +491,17 @@ impl Watcher {
             // Nothing more will be compared for a settled operation: keep memory flat.
             t.sent = HashMap::new();
             t.context = None;
+            t.content = None;
             self.memory.settled(id.as_str(), state.as_str(), now);
             tracing::info!(operation = %id, "operation settled");
         }
         Ok(())
     }
 }
+
+/// The content fingerprint of an operation document rebuilt from pushed changes: a whole
+/// fetch's fingerprint is a 64-bit hash and (but for a 2^-64 chance) never equals it.
+const PUSHED: u64 = 0;
 
 /// Settling waits for the report's `finish`, unless the report failed a few times (it can
 /// answer 500; a settled operation is not fetched again).

@@ -8,10 +8,13 @@
 mod encode;
 pub mod sanitize;
 mod schema;
+mod tally;
 pub mod types;
 
 pub use encode::{Encoded, Unsaved, encode, operation_id_in};
 pub use schema::*;
+use tally::LinkPart;
+pub use tally::Tally;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -108,6 +111,9 @@ pub struct Built {
     /// holds [`MAX_LINK_DOCS_PER_BUILD`]: build again (with those already sent left out) to get
     /// them. Zero for [`build`].
     pub deferred: usize,
+    /// What the links add up to: kept by the watcher to rebuild the operation document after
+    /// single-link fetches ([`build_operation`]).
+    pub tally: Tally,
 }
 
 /// Most link documents one [`build_with`] makes: an operation with 100,000 links is built and
@@ -187,27 +193,30 @@ pub fn build_with(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_limited(
-    op: Operation<'_>,
-    finish: Option<Timestamp>,
-    settled: bool,
-    observed: Timestamp,
-    settings: &DocSettings,
-    wanted: &mut dyn FnMut(&LinkId, &str) -> bool,
-    max_links: usize,
-) -> Result<Built, InvalidValue> {
-    let mut deferred = 0;
-    let operation_id = OperationId::parse(&op.id)?;
-    let mut dropped = Dropped::default();
-    let operation_name = clean_text(&op.name, NAME_MAX);
-    let state = OperationState::parse(&op.state);
-    let client_id = settings.client_id(op.group.as_deref());
-    let tags = settings.tags();
-    let start = opt_ts(op.start.as_deref(), &mut dropped);
+/// The operation's own fields, read once per build.
+struct Head {
+    operation_id: OperationId,
+    operation_name: String,
+    state: OperationState,
+    client_id: String,
+    group: String,
+    tags: Vec<String>,
+    start: Option<Timestamp>,
+    auto_close: bool,
+    adversary: NamedRef,
+    planner: NamedRef,
+    agents: HashMap<String, Agent>,
+}
 
+fn read_head(
+    op: &mut Operation<'_>,
+    settings: &DocSettings,
+    dropped: &mut Dropped,
+) -> Result<Head, InvalidValue> {
+    let operation_id = OperationId::parse(&op.id)?;
+    let start = opt_ts(op.start.as_deref(), dropped);
     let mut agents: HashMap<String, Agent> = HashMap::new();
-    for raw in op.host_group.unwrap_or_default() {
+    for raw in op.host_group.take().unwrap_or_default() {
         match serde_json::from_str::<Agent>(raw.get()) {
             Ok(a) => {
                 agents.insert(a.paw.clone(), a);
@@ -218,26 +227,147 @@ fn build_limited(
             ),
         }
     }
+    let adversary = op.adversary.take().unwrap_or_default();
+    let planner = op.planner.take().unwrap_or_default();
+    Ok(Head {
+        operation_id,
+        operation_name: clean_text(&op.name, NAME_MAX),
+        state: OperationState::parse(&op.state),
+        client_id: settings.client_id(op.group.as_deref()),
+        group: clean_keyword(op.group.as_deref().unwrap_or(""), KEYWORD_MAX),
+        tags: settings.tags(),
+        start,
+        auto_close: op.auto_close.unwrap_or(false),
+        adversary: NamedRef {
+            id: opt_text(adversary.adversary_id.as_deref(), KEYWORD_MAX),
+            name: opt_text(adversary.name.as_deref(), NAME_MAX),
+        },
+        planner: NamedRef {
+            id: opt_text(planner.id.as_deref(), KEYWORD_MAX),
+            name: opt_text(planner.name.as_deref(), NAME_MAX),
+        },
+        agents,
+    })
+}
 
-    let mut techniques: BTreeSet<TechniqueId> = BTreeSet::new();
-    let mut technique_names: BTreeSet<String> = BTreeSet::new();
-    let mut tactics: BTreeSet<Tactic> = BTreeSet::new();
-    let mut hosts: BTreeSet<String> = BTreeSet::new();
-    let mut users: BTreeSet<String> = BTreeSet::new();
-    let mut paws: BTreeSet<String> = agents
-        .keys()
-        .map(|p| clean_keyword(p, KEYWORD_MAX))
-        .collect();
-    for a in agents.values() {
-        if let Some(h) = opt_text(a.host.as_deref(), KEYWORD_MAX) {
-            hosts.insert(h);
-        }
-        if let Some(u) = opt_text(a.username.as_deref(), KEYWORD_MAX) {
-            users.insert(u);
+/// One link's values, each read (and, if invalid, dropped) once for both documents.
+struct LinkValues {
+    link_id: LinkId,
+    status: LinkStatus,
+    finish: Option<Timestamp>,
+    decide: Option<Timestamp>,
+    collect: Option<Timestamp>,
+    reported: Option<Timestamp>,
+    technique_id: Option<TechniqueId>,
+    technique_name: Option<String>,
+    tactic: Option<Tactic>,
+    paw: Option<String>,
+    host: Option<String>,
+    user: Option<String>,
+    /// Values dropped from this link.
+    invalid: usize,
+}
+
+impl LinkValues {
+    /// Every link that is not discarded has its result once it has an end and is no longer
+    /// queued or with the agent.
+    fn done(&self) -> bool {
+        self.status.is_discarded() || (self.finish.is_some() && self.status.code != -3)
+    }
+
+    fn part(&self) -> LinkPart<'_> {
+        LinkPart {
+            id: &self.link_id,
+            status: self.status,
+            done: self.done(),
+            invalid: self.invalid,
+            technique_id: self.technique_id.as_ref(),
+            technique_name: self.technique_name.as_ref(),
+            tactic: self.tactic.as_ref(),
+            host: self.host.as_ref(),
+            paw: self.paw.as_ref(),
         }
     }
-    let mut counts = LinkCounts::default();
-    let mut all_links_done = state.is_closed();
+}
+
+/// Reads one link's values; `None` (noted in `dropped`) when its id is invalid.
+fn read_link(
+    link: &Link,
+    agents: &HashMap<String, Agent>,
+    dropped: &mut Dropped,
+) -> Option<LinkValues> {
+    let before = dropped.total();
+    let link_id = match LinkId::parse(&link.id) {
+        Ok(id) => id,
+        Err(e) => {
+            dropped.note(|d| &mut d.links, &e);
+            return None;
+        }
+    };
+    let status = LinkStatus {
+        code: link.status,
+        collected: link.collect.as_deref().is_some_and(|c| !c.is_empty()),
+    };
+    let finish = opt_ts(link.finish.as_deref(), dropped);
+    let ability = link.ability.clone().unwrap_or_default();
+    let technique_id = match ability.technique_id.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => match TechniqueId::parse(raw) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                dropped.note(|d| &mut d.technique_ids, &e);
+                None
+            }
+        },
+    };
+    let tactic = match ability.tactic.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => match Tactic::parse(raw) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                dropped.note(|d| &mut d.tactics, &e);
+                None
+            }
+        },
+    };
+    let agent = link.paw.as_deref().and_then(|p| agents.get(p));
+    let host = opt_text(link.host.as_deref(), KEYWORD_MAX)
+        .or_else(|| agent.and_then(|a| opt_text(a.host.as_deref(), KEYWORD_MAX)));
+    let decide = opt_ts(link.decide.as_deref(), dropped);
+    let collect = opt_ts(link.collect.as_deref(), dropped);
+    let reported = opt_ts(link.agent_reported_time.as_deref(), dropped);
+    Some(LinkValues {
+        link_id,
+        status,
+        finish,
+        decide,
+        collect,
+        reported,
+        technique_id,
+        technique_name: opt_text(ability.technique_name.as_deref(), NAME_MAX),
+        tactic,
+        paw: opt_text(link.paw.as_deref(), KEYWORD_MAX),
+        host,
+        user: agent.and_then(|a| opt_text(a.username.as_deref(), KEYWORD_MAX)),
+        invalid: dropped.total() - before,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_limited(
+    mut op: Operation<'_>,
+    finish: Option<Timestamp>,
+    settled: bool,
+    observed: Timestamp,
+    settings: &DocSettings,
+    wanted: &mut dyn FnMut(&LinkId, &str) -> bool,
+    max_links: usize,
+) -> Result<Built, InvalidValue> {
+    let mut dropped = Dropped::default();
+    let head = read_head(&mut op, settings, &mut dropped)?;
+    let head_invalid = dropped.total();
+    let mut deferred = 0;
+    let mut tally = Tally::default();
     let chain = op.chain.unwrap_or_default();
     let mut links = Vec::with_capacity(chain.len().min(max_links));
 
@@ -250,188 +380,222 @@ fn build_limited(
                     |d| &mut d.links,
                     &InvalidValue::new("link", "", "undecodable link object"),
                 );
+                tally.unreadable_link();
                 continue;
             }
         };
-        let link_id = match LinkId::parse(&link.id) {
-            Ok(id) => id,
-            Err(e) => {
-                dropped.note(|d| &mut d.links, &e);
-                continue;
-            }
+        let Some(v) = read_link(&link, &head.agents, &mut dropped) else {
+            tally.unreadable_link();
+            continue;
         };
-        let status = LinkStatus {
-            code: link.status,
-            collected: link.collect.as_deref().is_some_and(|c| !c.is_empty()),
-        };
-        counts.total += 1;
-        match status.name() {
-            "success" => counts.success += 1,
-            "error" => counts.error += 1,
-            "timeout" => counts.timeout += 1,
-            "discarded" => counts.discarded += 1,
-            "queued" => counts.queued += 1,
-            "in_flight" => counts.in_flight += 1,
-            _ => counts.other += 1,
-        }
-        let finish_ts = opt_ts(link.finish.as_deref(), &mut dropped);
-        if !status.is_discarded() && (finish_ts.is_none() || status.code == -3) {
-            all_links_done = false;
-        }
-        let ability = link.ability.unwrap_or_default();
-        let technique_id = match ability.technique_id.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(raw) => match TechniqueId::parse(raw) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    dropped.note(|d| &mut d.technique_ids, &e);
-                    None
-                }
-            },
-        };
-        let tactic = match ability.tactic.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(raw) => match Tactic::parse(raw) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    dropped.note(|d| &mut d.tactics, &e);
-                    None
-                }
-            },
-        };
-        let technique_name = opt_text(ability.technique_name.as_deref(), NAME_MAX);
-        if let Some(t) = &technique_id {
-            techniques.insert(t.clone());
-        }
-        if let Some(n) = &technique_name
-            && technique_names.len() < MAX_TECHNIQUES
-        {
-            technique_names.insert(n.clone());
-        }
-        if let Some(t) = &tactic {
-            tactics.insert(t.clone());
-        }
-        let paw = opt_text(link.paw.as_deref(), KEYWORD_MAX);
-        let agent = link.paw.as_deref().and_then(|p| agents.get(p));
-        let host = opt_text(link.host.as_deref(), KEYWORD_MAX)
-            .or_else(|| agent.and_then(|a| opt_text(a.host.as_deref(), KEYWORD_MAX)));
-        let user = agent.and_then(|a| opt_text(a.username.as_deref(), KEYWORD_MAX));
-        if let Some(h) = &host {
-            hosts.insert(h.clone());
-        }
-        if let Some(p) = &paw {
-            paws.insert(p.clone());
-        }
-        let decide = opt_ts(link.decide.as_deref(), &mut dropped);
-        let collect = opt_ts(link.collect.as_deref(), &mut dropped);
-        let reported = opt_ts(link.agent_reported_time.as_deref(), &mut dropped);
+        tally.add(v.part());
         if links.len() >= max_links {
             deferred += 1;
             continue;
         }
-        if !wanted(&link_id, raw.get()) {
+        if !wanted(&v.link_id, raw.get()) {
             continue;
         }
-        let started = reported.or(collect);
-        let when = started.or(decide).or(start).unwrap_or(observed);
-        let command = if settings.include_command {
-            link.plaintext_command
-                .as_deref()
-                .or(link.command.as_deref())
-                .map(|c| clean_command(c, settings.command_max_chars))
-                .filter(|c| !c.is_empty())
-        } else {
-            None
-        };
-        let executor = link.executor.unwrap_or_default();
-        let outcome = match status.code {
-            0 => Some("success"),
-            1 | 124 => Some("failure"),
-            _ => None,
-        };
-        links.push(LinkDoc {
-            at_timestamp: when,
-            timestamp: when,
-            purple_team_exercise: true,
-            tags: tags.clone(),
-            severity: settings.severity.clone(),
-            operation_id: operation_id.clone(),
-            operation_name: operation_name.clone(),
-            client_id: client_id.clone(),
-            event: Event {
-                kind: "event",
-                module: "caldera",
-                dataset: "caldera.link",
-                id: link_doc_id(&link_id),
-                start: started,
-                end: finish_ts,
-                outcome,
-            },
-            link_id,
-            ability_id: opt_text(ability.ability_id.as_deref(), KEYWORD_MAX),
-            ability_name: opt_text(ability.name.as_deref(), NAME_MAX),
-            threat: Threat {
-                framework: "MITRE ATT&CK",
-                technique: ThreatIds {
-                    id: technique_id.iter().cloned().collect(),
-                    name: technique_name.iter().cloned().collect(),
-                },
-                tactic: ThreatTactic {
-                    name: tactic.iter().cloned().collect(),
-                },
-            },
-            technique_id,
-            technique_name,
-            tactic,
-            status: status.name(),
-            status_code: status.code,
-            cleanup: link.cleanup.unwrap_or(0) != 0,
-            paw,
-            executor: opt_text(executor.name.as_deref(), KEYWORD_MAX),
-            platform: opt_text(executor.platform.as_deref(), KEYWORD_MAX),
-            decide,
-            collect,
-            finish: finish_ts,
-            agent_reported_time: reported,
-            host: host.map(|name| HostRef { name }),
-            user: user.map(|name| UserRef { name }),
-            process: Process {
-                pid: link.pid.as_ref().and_then(|p| p.as_i64()),
-                command_line: command,
-            },
-            output: None,
-        });
+        links.push(link_doc(&head, v, link, observed, settings));
     }
+    let (operation, all_links_done) = operation_doc(
+        &head,
+        &tally,
+        head_invalid,
+        finish,
+        settled,
+        observed,
+        settings,
+    );
+    Ok(Built {
+        operation,
+        links,
+        dropped,
+        all_links_done,
+        deferred,
+        tally,
+    })
+}
 
-    let technique_count_total = techniques.len();
-    let techniques: Vec<TechniqueId> = techniques.into_iter().take(MAX_TECHNIQUES).collect();
-    let tactics: Vec<Tactic> = tactics.into_iter().collect();
+/// The operation document from its own fields (`op`; its `chain` is ignored) and the tally of
+/// its links kept since the last whole fetch ([`Built::tally`], updated by
+/// [`Tally::merge_links`]). Equal to what [`build`] makes from the whole operation with those
+/// links. Returns it and whether every link is done (see [`Built::all_links_done`]).
+pub fn build_operation(
+    mut op: Operation<'_>,
+    tally: &Tally,
+    finish: Option<Timestamp>,
+    observed: Timestamp,
+    settings: &DocSettings,
+) -> Result<(OperationDoc, bool), InvalidValue> {
+    let mut dropped = Dropped::default();
+    let head = read_head(&mut op, settings, &mut dropped)?;
+    Ok(operation_doc(
+        &head,
+        tally,
+        dropped.total(),
+        finish,
+        false,
+        observed,
+        settings,
+    ))
+}
+
+fn link_doc(
+    head: &Head,
+    v: LinkValues,
+    link: Link,
+    observed: Timestamp,
+    settings: &DocSettings,
+) -> LinkDoc {
+    let LinkValues {
+        link_id,
+        status,
+        finish: finish_ts,
+        decide,
+        collect,
+        reported,
+        technique_id,
+        technique_name,
+        tactic,
+        paw,
+        host,
+        user,
+        ..
+    } = v;
+    let start = head.start;
+    let tags = head.tags.clone();
+    let operation_id = &head.operation_id;
+    let operation_name = &head.operation_name;
+    let client_id = &head.client_id;
+    let ability = link.ability.unwrap_or_default();
+    let started = reported.or(collect);
+    let when = started.or(decide).or(start).unwrap_or(observed);
+    let command = if settings.include_command {
+        link.plaintext_command
+            .as_deref()
+            .or(link.command.as_deref())
+            .map(|c| clean_command(c, settings.command_max_chars))
+            .filter(|c| !c.is_empty())
+    } else {
+        None
+    };
+    let executor = link.executor.unwrap_or_default();
+    let outcome = match status.code {
+        0 => Some("success"),
+        1 | 124 => Some("failure"),
+        _ => None,
+    };
+    LinkDoc {
+        at_timestamp: when,
+        timestamp: when,
+        purple_team_exercise: true,
+        tags,
+        severity: settings.severity.clone(),
+        operation_id: operation_id.clone(),
+        operation_name: operation_name.clone(),
+        client_id: client_id.clone(),
+        event: Event {
+            kind: "event",
+            module: "caldera",
+            dataset: "caldera.link",
+            id: link_doc_id(&link_id),
+            start: started,
+            end: finish_ts,
+            outcome,
+        },
+        link_id,
+        ability_id: opt_text(ability.ability_id.as_deref(), KEYWORD_MAX),
+        ability_name: opt_text(ability.name.as_deref(), NAME_MAX),
+        threat: Threat {
+            framework: "MITRE ATT&CK",
+            technique: ThreatIds {
+                id: technique_id.iter().cloned().collect(),
+                name: technique_name.iter().cloned().collect(),
+            },
+            tactic: ThreatTactic {
+                name: tactic.iter().cloned().collect(),
+            },
+        },
+        technique_id,
+        technique_name,
+        tactic,
+        status: status.name(),
+        status_code: status.code,
+        cleanup: link.cleanup.unwrap_or(0) != 0,
+        paw,
+        executor: opt_text(executor.name.as_deref(), KEYWORD_MAX),
+        platform: opt_text(executor.platform.as_deref(), KEYWORD_MAX),
+        decide,
+        collect,
+        finish: finish_ts,
+        agent_reported_time: reported,
+        host: host.map(|name| HostRef { name }),
+        user: user.map(|name| UserRef { name }),
+        process: Process {
+            pid: link.pid.as_ref().and_then(|p| p.as_i64()),
+            command_line: command,
+        },
+        output: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn operation_doc(
+    head: &Head,
+    tally: &Tally,
+    head_invalid: usize,
+    finish: Option<Timestamp>,
+    settled: bool,
+    observed: Timestamp,
+    settings: &DocSettings,
+) -> (OperationDoc, bool) {
+    let mut hosts = tally.hosts.clone();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    let mut paws = tally.paws.clone();
+    for a in head.agents.values() {
+        paws.insert(clean_keyword(&a.paw, KEYWORD_MAX));
+        if let Some(h) = opt_text(a.host.as_deref(), KEYWORD_MAX) {
+            hosts.insert(h);
+        }
+        if let Some(u) = opt_text(a.username.as_deref(), KEYWORD_MAX) {
+            users.insert(u);
+        }
+    }
+    let all_links_done = head.state.is_closed() && tally.all_done();
+    let technique_count_total = tally.techniques.len();
+    let techniques: Vec<TechniqueId> = tally
+        .techniques
+        .iter()
+        .take(MAX_TECHNIQUES)
+        .cloned()
+        .collect();
+    let tactics: Vec<Tactic> = tally.tactics.iter().cloned().collect();
+    let start = head.start;
     let timestamp = start.unwrap_or(observed);
-    let adversary = op.adversary.unwrap_or_default();
-    let planner = op.planner.unwrap_or_default();
     let operation = OperationDoc {
         at_timestamp: timestamp,
         event: Event {
             kind: "event",
             module: "caldera",
             dataset: "caldera.operation",
-            id: operation_doc_id(&operation_id),
+            id: operation_doc_id(&head.operation_id),
             start,
             end: finish,
             outcome: None,
         },
-        operation_id,
-        operation_name,
+        operation_id: head.operation_id.clone(),
+        operation_name: head.operation_name.clone(),
         purple_team_exercise: true,
-        tags,
-        caldera_group: clean_keyword(op.group.as_deref().unwrap_or(""), KEYWORD_MAX),
-        client_id,
+        tags: head.tags.clone(),
+        caldera_group: head.group.clone(),
+        client_id: head.client_id.clone(),
         timestamp,
         threat: Threat {
             framework: "MITRE ATT&CK",
             technique: ThreatIds {
                 id: techniques.clone(),
-                name: technique_names.into_iter().collect(),
+                name: tally.technique_names.iter().cloned().collect(),
             },
             tactic: ThreatTactic {
                 name: tactics.clone(),
@@ -441,34 +605,22 @@ fn build_limited(
         technique_count_total,
         tactics,
         severity: settings.severity.clone(),
-        auto_close: op.auto_close.unwrap_or(false),
+        auto_close: head.auto_close,
         agent_count: paws.len(),
-        status: state,
+        status: head.state.clone(),
         start,
         finish,
-        adversary: NamedRef {
-            id: opt_text(adversary.adversary_id.as_deref(), KEYWORD_MAX),
-            name: opt_text(adversary.name.as_deref(), NAME_MAX),
-        },
-        planner: NamedRef {
-            id: opt_text(planner.id.as_deref(), KEYWORD_MAX),
-            name: opt_text(planner.name.as_deref(), NAME_MAX),
-        },
+        adversary: head.adversary.clone(),
+        planner: head.planner.clone(),
         related: Related {
             hosts: hosts.iter().cloned().collect(),
             user: users.into_iter().collect(),
         },
         hosts: hosts.into_iter().collect(),
         agents: paws.into_iter().collect(),
-        link_counts: counts,
+        link_counts: tally.counts(),
         settled,
-        invalid_values: dropped.total(),
+        invalid_values: head_invalid + tally.invalid(),
     };
-    Ok(Built {
-        operation,
-        links,
-        dropped,
-        all_links_done,
-        deferred,
-    })
+    (operation, all_links_done)
 }
