@@ -87,6 +87,8 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 /// (after the delay), so the tests can prove that a dying stage stops the process. Release
 /// builds ignore the variable.
 async fn with_test_hook<F: Future<Output = ()>>(name: &'static str, stage: F) {
+    #[cfg(not(debug_assertions))]
+    let _ = name;
     #[cfg(debug_assertions)]
     if let Ok(v) = std::env::var("CALDERA_SIDECAR_TEST_PANIC") {
         let (which, delay) = v.split_once(':').unwrap_or((v.as_str(), "0"));

@@ -276,6 +276,12 @@ async fn daemon_correlates_the_corpus_and_closes_only_certain_alerts() {
     let total = op["detection"]["techniques_total"].as_u64().unwrap();
     assert_eq!(total, op["technique_count_total"].as_u64().unwrap());
     assert!(op["detection"]["techniques_detected"].as_u64().unwrap() >= 1);
+    // Stamped when it changed: what makes the report writer redo the report.
+    assert!(
+        op["detection"]["sequence"].as_u64().unwrap() > op["sidecar"]["sequence"].as_u64().unwrap(),
+        "{}",
+        op["detection"]
+    );
 
     // A watcher-style whole re-index (newer external version, no detection fields) loses
     // nothing for long: the stage writes the same fields back.

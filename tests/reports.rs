@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::app;
 use support::caldera_stub::CalderaStub;
 use support::scenarios::*;
-use support::search::{Search, unique_index, wait_for};
+use support::search::{Search, search_url, unique_index, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_caldera-sidecar");
 
@@ -465,6 +465,67 @@ async fn daemon_writes_reports_on_settle_and_serves_them() {
         );
     }
     assert_eq!(get("secret.pdf".into(), true).await.unwrap().status(), 400);
+
+    // Alerts come minutes after an operation settles: when the correlation stage writes new
+    // detection results (partial updates, `detection.sequence` stamped on the operation), the
+    // report is written again; the other operation's report is left alone.
+    let b_before = std::fs::read(&pdf_b).unwrap();
+    let es = reqwest::Client::new();
+    // As the stage writes them: a partial update per link document.
+    let detection = json!({"status": "detected", "alert_count": 1, "rules": ["Rule from the SIEM"],
+                           "first_alert_at": "2026-11-28T15:42:00Z", "time_to_detect_ms": 5000,
+                           "complete": true});
+    let mut bulk = String::new();
+    for l in s.links(OP_A_ID).await {
+        let id = format!("link-{}", l["link_id"].as_str().unwrap());
+        bulk.push_str(&format!(
+            "{}\n{}\n",
+            json!({"update": {"_id": id}}),
+            json!({"doc": {"detection": detection}})
+        ));
+    }
+    let update = es
+        .post(format!("{}/{index}/_bulk?refresh=true", search_url()))
+        .header("Content-Type", "application/x-ndjson")
+        .body(bulk)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = update.json().await.unwrap();
+    assert_eq!(answer["errors"], false, "{answer}");
+    let n = technique_ids(&op_a_finished()).len();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let update = es
+        .post(format!(
+            "{}/{index}/_update/op-{OP_A_ID}?refresh=true",
+            search_url()
+        ))
+        .json(&json!({"doc": {"detection": {
+            "techniques_total": n, "techniques_detected": n, "links_total": 26,
+            "links_detected": 26, "links_pending": 0, "complete": true, "sequence": stamp}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        update.status().is_success(),
+        "{}",
+        update.text().await.unwrap()
+    );
+    let text = wait_for(
+        Duration::from_secs(90),
+        "report redone with the detections",
+        || async {
+            let t = squash(&pdf_text(&pdf_a));
+            t.contains("Detection coverage 100").then_some(t)
+        },
+    )
+    .await;
+    assert!(text.contains("Rule from the SIEM"), "{text}");
+    assert!(!text.contains("Detection not assessed"));
+    assert_eq!(std::fs::read(&pdf_b).unwrap(), b_before, "B unchanged");
     app::stop(r).await;
     s.delete_index().await;
 }

@@ -11,7 +11,8 @@
 //!
 //! Operation: `detection.techniques_total`, `detection.techniques_detected`,
 //! `detection.techniques_detected_ids`, `detection.links_total`, `detection.links_detected`,
-//! `detection.links_pending`, `detection.complete`.
+//! `detection.links_pending`, `detection.complete`, and `detection.sequence` (microseconds
+//! since the epoch when these last changed: the report writer redoes the report then).
 //!
 //! Written as partial updates guarded by `if_seq_no`/`if_primary_term` of the read: a document
 //! the watcher re-indexed since is left alone (its newer content wins) and updated on the next
@@ -44,8 +45,18 @@ pub fn mapping() -> Value {
         "techniques_detected_ids": {"type": "keyword"},
         "links_total": {"type": "integer"},
         "links_detected": {"type": "integer"},
-        "links_pending": {"type": "integer"}
+        "links_pending": {"type": "integer"},
+        "sequence": {"type": "long"}
     }})
+}
+
+/// Microseconds since the epoch: the operation's `detection.sequence` when its detection
+/// changed (the same clock as `sidecar.sequence`).
+fn sequence_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Most rule names kept on one link document.
@@ -318,12 +329,19 @@ pub async fn summarise_operations(
         ) else {
             continue;
         };
-        let Some(new) = summaries.remove(op) else {
+        let Some(mut new) = summaries.remove(op) else {
             continue;
         };
-        if h["_source"]["detection"] == new {
+        let mut old = h["_source"]["detection"].clone();
+        if let Some(o) = old.as_object_mut() {
+            o.remove("sequence");
+        }
+        if old == new {
             continue;
         }
+        // When it changed, so the report writer can redo the operation's report (it looks for
+        // settled operations whose `sidecar.sequence` or `detection.sequence` grew).
+        new["sequence"] = json!(sequence_now());
         updates.push(Update {
             id: id.to_string(),
             seq_no: seq,

@@ -5,7 +5,9 @@
 //! settled operation documents newer than the last one seen. That needs no hook in the intake,
 //! reads exactly what the report will show (the documents are indexed by then), survives
 //! restarts (on start it writes the reports that are missing) and redoes a report when a settled
-//! operation's document changes again.
+//! operation's document changes again or its detection results change (the correlation stage
+//! stamps `detection.sequence` then: alerts come minutes after an operation settles, and a
+//! report written at settle time would otherwise say "detection pending" for good).
 //!
 //! The PDF is rendered by a child process of the same binary (`caldera-sidecar render-pdf`,
 //! hidden), fed the report data on standard input: Typst's fonts, caches and layout memory live
@@ -164,61 +166,72 @@ impl Writer {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.record(|s| s.enabled = true);
-        let mut seen: Option<u64> = None;
+        // The highest value seen of each of `index::CHANGE_FIELDS`.
+        let mut seen: [Option<u64>; 2] = [None, None];
         // Until the first scans have gone through every settled operation, a report that
         // exists is kept; afterwards every change is written again.
         let mut catching_up = true;
         loop {
-            let found = tokio::select! {
-                r = super::index::settled_since(&self.es, &self.index, seen) => r,
-                _ = shutdown.changed() => return,
-            };
-            match found {
-                Ok(ops) => {
-                    let full_page = ops.len() >= super::index::SETTLED_PAGE;
-                    for (raw, seq) in ops {
-                        seen = Some(seen.map_or(seq, |s| s.max(seq)));
-                        let Ok(id) = OperationId::parse(&raw) else {
-                            continue;
-                        };
-                        // On start, only the missing reports are written; later, every settled
-                        // operation whose document changed is written again.
-                        if catching_up
-                            && self.settings.dir.join(Format::Pdf.file_name(&id)).exists()
-                        {
-                            continue;
-                        }
-                        let started = std::time::Instant::now();
-                        let res = tokio::select! {
-                            r = self.write(&id) => r,
-                            _ = shutdown.changed() => return,
-                        };
-                        match &res {
-                            Ok(_) => self.record(|s| {
-                                s.written += 1;
-                                s.last_error = None;
-                            }),
-                            Err(e) => self.record(|s| {
-                                s.failed += 1;
-                                s.last_error = Some(format!("operation {id}: {e}"));
-                            }),
-                        }
-                        match res {
-                            Ok(path) => tracing::info!(
-                                operation = %id,
-                                path = %path.display(),
-                                ms = started.elapsed().as_millis() as u64,
-                                "report written"
-                            ),
-                            Err(e) => {
-                                tracing::warn!(operation = %id, error = %e, "report not written")
+            let mut changed: Vec<String> = Vec::new();
+            let mut full_page = false;
+            for (field, seen) in super::index::CHANGE_FIELDS.iter().zip(seen.iter_mut()) {
+                let found = tokio::select! {
+                    r = super::index::settled_since(&self.es, &self.index, field, *seen) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match found {
+                    Ok(ops) => {
+                        full_page |= ops.len() >= super::index::SETTLED_PAGE;
+                        for (raw, seq) in ops {
+                            *seen = Some(seen.map_or(seq, |s| s.max(seq)));
+                            if !changed.contains(&raw) {
+                                changed.push(raw);
                             }
                         }
                     }
-                    catching_up &= full_page;
+                    Err(e) => {
+                        tracing::debug!(error = %e, "settled operations not read; retrying");
+                        full_page = true;
+                    }
                 }
-                Err(e) => tracing::debug!(error = %e, "settled operations not read; retrying"),
             }
+            for raw in changed {
+                let Ok(id) = OperationId::parse(&raw) else {
+                    continue;
+                };
+                // On start, only the missing reports are written; later, every settled
+                // operation whose document or detection results changed is written again.
+                if catching_up && self.settings.dir.join(Format::Pdf.file_name(&id)).exists() {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                let res = tokio::select! {
+                    r = self.write(&id) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match &res {
+                    Ok(_) => self.record(|s| {
+                        s.written += 1;
+                        s.last_error = None;
+                    }),
+                    Err(e) => self.record(|s| {
+                        s.failed += 1;
+                        s.last_error = Some(format!("operation {id}: {e}"));
+                    }),
+                }
+                match res {
+                    Ok(path) => tracing::info!(
+                        operation = %id,
+                        path = %path.display(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "report written"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(operation = %id, error = %e, "report not written")
+                    }
+                }
+            }
+            catching_up &= full_page;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.changed() => return,

@@ -96,27 +96,36 @@ pub async fn load(es: &Elasticsearch, index: &str, id: &OperationId) -> Result<L
     Ok(Loaded { operation, links })
 }
 
-/// Settled operations whose observation is newer than `after` (all of them for `None`), with
-/// that observation: what the daemon's report writer looks for.
+/// What makes a settled operation's report out of date: a newer observation of the operation
+/// (`sidecar.sequence`), or new detection results (`detection.sequence`, stamped by the
+/// correlation stage when an operation's detection summary changes).
+pub const CHANGE_FIELDS: [&str; 2] = ["sidecar.sequence", "detection.sequence"];
+
+/// Settled operations whose `field` (one of [`CHANGE_FIELDS`]) is above `after` (all that
+/// have it for `None`), with that value, oldest first: what the daemon's report writer looks
+/// for.
 pub async fn settled_since(
     es: &Elasticsearch,
     index: &str,
+    field: &str,
     after: Option<u64>,
 ) -> Result<Vec<(String, u64)>, ReadError> {
     let mut filter = vec![
         json!({"term": {"event.dataset": "caldera.operation"}}),
         json!({"term": {"settled": true}}),
+        json!({"exists": {"field": field}}),
     ];
     if let Some(a) = after {
-        filter.push(json!({"range": {"sidecar.sequence": {"gt": a}}}));
+        filter.push(json!({"range": {field: {"gt": a}}}));
     }
     let v = search(
         es,
         index,
         json!({
             "size": SETTLED_PAGE,
-            "_source": ["operation_id", "sidecar.sequence"],
-            "sort": [{"sidecar.sequence": "asc"}],
+            "_source": ["operation_id", field],
+            // `unmapped_type`: without correlation the index has no `detection` mapping.
+            "sort": [{field: {"order": "asc", "unmapped_type": "long"}}],
             "query": {"bool": {"filter": filter}}
         }),
     )
@@ -125,7 +134,10 @@ pub async fn settled_since(
         .iter()
         .filter_map(|h| {
             let id = h["_source"]["operation_id"].as_str()?;
-            let seq = h["_source"]["sidecar"]["sequence"].as_u64()?;
+            let seq = field
+                .split('.')
+                .try_fold(&h["_source"], |v, k| v.get(k))?
+                .as_u64()?;
             Some((id.to_string(), seq))
         })
         .collect())
