@@ -944,6 +944,27 @@ async fn status_command_exit_codes() {
         err.contains("UNREACHABLE") && err.contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
+
+    // Something else on the port that answers without end: read up to a cap, not further.
+    let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endless_addr = endless.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut sock, _)) = endless.accept().await {
+            tokio::spawn(async move {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                while sock.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let (code, out, err) =
+        status_cmd(dir.path(), &[("HEALTH_BIND", endless_addr.to_string())]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("larger than 1024 KB"), "{err}");
     app::stop(r).await;
     Search::new(&index).delete_index().await;
 }

@@ -93,6 +93,11 @@ async fn measure(ctx: &Ctx, index: &str) -> BenchResult<Figures> {
         &[
             ("SETTLE_GRACE", grace.into()),
             ("POLL_INTERVAL", poll.into()),
+            // The stub charges no Caldera cost here: the CPU budget would space the fetches by
+            // the stub's own wall time, and the scenario would measure that, not memory (every
+            // tracked operation is to be fetched on every poll, the worst case).
+            ("CALDERA_CPU_BUDGET", "100".into()),
+            ("CALDERA_CPU_BUDGET_ACTIVE", "100".into()),
         ],
     );
     let mut sidecar = Sidecar::spawn(&env)?;

@@ -211,16 +211,20 @@ impl Watcher {
         };
         // Not a whole fetch's fingerprint: the next whole fetch builds everything again.
         t.content = Some((PUSHED, all_done));
+        let mut out = Vec::with_capacity(1);
+        let doc_id = doc.event.id.clone();
+        push_if_changed(&mut out, &mut t.sent, &doc, doc_id, &self.clock);
         if all_done {
-            t.done_since = Some(now);
-            t.settling_doc = Some(Box::new(doc.clone()));
+            // The settle clock starts again when the document changed (a repeated event
+            // changes nothing and does not delay the settle).
+            if !out.is_empty() || t.done_since.is_none() {
+                t.done_since = Some(now);
+            }
+            t.settling_doc = Some(Box::new(doc));
         } else {
             t.done_since = None;
             t.settling_doc = None;
         }
-        let mut out = Vec::with_capacity(1);
-        let doc_id = doc.event.id.clone();
-        push_if_changed(&mut out, &mut t.sent, &doc, doc_id, &self.clock);
         self.emit(out).await;
     }
 
@@ -369,9 +373,12 @@ impl Watcher {
             }
         }
         let fingerprint = with_finish(base, t.finish);
+        // With push live the build must run once to keep its context (see below).
+        let needs_context = push_live && t.context.is_none();
         if let Some((fp, done)) = t.content
             && fp == fingerprint
             && !resend
+            && !needs_context
         {
             // Nothing changed since the last build. Only the settle clock can move.
             let settles = done
@@ -415,7 +422,11 @@ impl Watcher {
             super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
         }
         t.content = Some((fingerprint, built.all_links_done));
-        t.context = Some(OpContext::new(&head, std::mem::take(&mut built.tally)));
+        // Kept only while push is live: without events nothing is built from it, and polling
+        // keeps memory at what the documents' fingerprints cost (the tally of 1,000 running
+        // operations would be several MB). A link event for an operation without it brings a
+        // whole fetch, which keeps it from then on.
+        t.context = push_live.then(|| OpContext::new(&head, std::mem::take(&mut built.tally)));
         if built.deferred > 0 {
             // Too many changed links for one build: the rest comes with the next fetch (the next
             // poll), so memory holds one piece, never the whole operation.

@@ -90,6 +90,25 @@ pub fn summarize(body: &Value, addr: SocketAddr) -> (String, u8) {
     (out, code)
 }
 
+/// A health answer is a few KB: whatever answers on that port with more is not the sidecar,
+/// and is not read further.
+const MAX_BODY: usize = 1024 * 1024;
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| error_chain(&e.without_url()))?
+    {
+        if buf.len() + chunk.len() > MAX_BODY {
+            return Err(format!("an answer larger than {} KB", MAX_BODY / 1024));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 /// Exit code 0 healthy, 1 degraded, 2 unhealthy (or unreachable).
 pub async fn run(settings: &Settings) -> ExitCode {
     let addr = endpoint(settings.health_bind);
@@ -156,12 +175,15 @@ pub async fn run(settings: &Settings) -> ExitCode {
         }
         _ => {}
     }
-    let body: Value = match resp.json().await {
+    let body: Value = match read_capped(resp)
+        .await
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}")))
+    {
         Ok(v) => v,
-        Err(e) => {
+        Err(why) => {
             eprintln!(
                 "caldera-sidecar status: the endpoint at {url} answered HTTP {http} without a health report: {}",
-                error_chain(&e.without_url())
+                printable(&why)
             );
             return ExitCode::from(2);
         }
