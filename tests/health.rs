@@ -949,9 +949,18 @@ async fn status_command_exit_codes() {
     let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endless_addr = endless.local_addr().unwrap();
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut sock, _)) = endless.accept().await {
             tokio::spawn(async move {
+                // The request first (an answer before it is a protocol error, not this case).
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
                 if sock.write_all(head.as_bytes()).await.is_err() {
                     return;
