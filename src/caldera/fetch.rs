@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use super::client::{CalderaClient, CalderaError};
 use super::context::OpContext;
+use super::fingerprint::SequenceClock;
 use super::fingerprint::{
     content_base, hash_bytes, id_key, link_context, link_input, push_if_changed, with_finish,
 };
 use super::model::{Link, Operation, OperationSummary, Report};
 use super::watcher::{LastBody, Tracked, Watcher};
 use crate::document::types::{LinkId, OperationId, OperationState, Timestamp};
-use crate::document::{self};
+use crate::document::{self, Encoded};
 
 impl Watcher {
     /// Fetches one operation, builds its documents and sends those that changed.
@@ -91,27 +92,15 @@ impl Watcher {
         // fetch, so the link document is exactly what a whole fetch would have produced.
         let body = ctx.link_body(raw_text);
         let o: Operation = CalderaClient::decode(&path, body.as_bytes())?;
-        let context = last.link_context;
-        let sent = &t.sent;
-        let mut inputs = Vec::new();
-        let mut wanted = |l: &LinkId, raw: &str| {
-            let key = id_key(&document::link_doc_id(l));
-            let input = link_input(context, raw);
-            let unchanged = sent.get(&key) == Some(&input);
-            if !unchanged {
-                inputs.push((key, input));
-            }
-            !unchanged
-        };
-        let built = document::build_with(
+        let built = build_changed(
             o,
             t.finish,
-            false,
             Timestamp::now(),
             &self.docs,
-            &mut wanted,
+            &t.sent,
+            last.link_context,
         );
-        let mut built = match built {
+        let (mut built, inputs) = match built {
             Ok(b) => b,
             Err(e) => {
                 self.shared.stats.invalid_values.inc();
@@ -125,16 +114,7 @@ impl Watcher {
         if self.settings.output.include {
             super::output::attach(&self.client, &mut built.links, &self.settings.output).await;
         }
-        let mut out = Vec::with_capacity(built.links.len());
-        for (doc, (key, input)) in built.links.iter().zip(inputs) {
-            match document::encode(doc, doc.event.id.clone(), self.clock.next()) {
-                Ok((_, enc)) => {
-                    t.sent.insert(key, input);
-                    out.push(enc);
-                }
-                Err(e) => tracing::error!(error = %e, "document could not be encoded"),
-            }
-        }
+        let out = encode_links(&built.links, inputs, &mut t.sent, &self.clock);
         self.emit(out).await;
         Ok(true)
     }
@@ -395,22 +375,8 @@ impl Watcher {
             None => CalderaClient::decode(path, body)?,
         };
         let head = op.clone();
-        let observed = Timestamp::now();
-        // A link document depends on its link's JSON and on the operation fields in `context`
-        // only: one whose inputs are what was last sent is not built again.
-        let sent = &t.sent;
-        let mut inputs = Vec::new();
-        let mut wanted = |link: &LinkId, raw: &str| {
-            let key = id_key(&document::link_doc_id(link));
-            let input = link_input(context, raw);
-            let unchanged = sent.get(&key) == Some(&input);
-            if !unchanged {
-                inputs.push((key, input));
-            }
-            !unchanged
-        };
-        let built = document::build_with(op, t.finish, false, observed, &self.docs, &mut wanted);
-        let mut built = match built {
+        let built = build_changed(op, t.finish, Timestamp::now(), &self.docs, &t.sent, context);
+        let (mut built, inputs) = match built {
             Ok(b) => b,
             Err(e) => {
                 self.shared.stats.invalid_values.inc();
@@ -471,16 +437,7 @@ impl Watcher {
             t.invalid_reported = invalid;
         }
 
-        let mut out = Vec::with_capacity(built.links.len() + 1);
-        for (link, (key, input)) in built.links.iter().zip(inputs) {
-            match document::encode(link, link.event.id.clone(), self.clock.next()) {
-                Ok((_, enc)) => {
-                    t.sent.insert(key, input);
-                    out.push(enc);
-                }
-                Err(e) => tracing::error!(error = %e, "document could not be encoded"),
-            }
-        }
+        let mut out = encode_links(&built.links, inputs, &mut t.sent, &self.clock);
         let settled = built.operation.settled;
         let op_doc_id = built.operation.event.id.clone();
         push_if_changed(
@@ -508,6 +465,51 @@ impl Watcher {
         }
         Ok(())
     }
+}
+
+/// Builds `op`'s documents, a link's only where its inputs differ from what was last sent: a
+/// link document depends on its link's JSON and on the operation fields hashed in `context`
+/// (`link_input`). Returns the build and, for each link document built, its `sent` entry.
+fn build_changed(
+    op: Operation<'_>,
+    finish: Option<Timestamp>,
+    observed: Timestamp,
+    docs: &document::DocSettings,
+    sent: &HashMap<u64, u64>,
+    context: u64,
+) -> Result<(document::Built, Vec<(u64, u64)>), crate::document::types::InvalidValue> {
+    let mut inputs = Vec::new();
+    let mut wanted = |link: &LinkId, raw: &str| {
+        let key = id_key(&document::link_doc_id(link));
+        let input = link_input(context, raw);
+        let unchanged = sent.get(&key) == Some(&input);
+        if !unchanged {
+            inputs.push((key, input));
+        }
+        !unchanged
+    };
+    let built = document::build_with(op, finish, false, observed, docs, &mut wanted)?;
+    Ok((built, inputs))
+}
+
+/// Encodes the link documents of [`build_changed`], recording each in `sent` once encoded.
+fn encode_links(
+    links: &[document::LinkDoc],
+    inputs: Vec<(u64, u64)>,
+    sent: &mut HashMap<u64, u64>,
+    clock: &SequenceClock,
+) -> Vec<Encoded> {
+    let mut out = Vec::with_capacity(links.len() + 1);
+    for (doc, (key, input)) in links.iter().zip(inputs) {
+        match document::encode(doc, doc.event.id.clone(), clock.next()) {
+            Ok((_, enc)) => {
+                sent.insert(key, input);
+                out.push(enc);
+            }
+            Err(e) => tracing::error!(error = %e, "document could not be encoded"),
+        }
+    }
+    out
 }
 
 /// The content fingerprint of an operation document rebuilt from pushed changes: a whole

@@ -71,8 +71,12 @@ pub(super) fn read_link(
         collected: link.collect.as_deref().is_some_and(|c| !c.is_empty()),
     };
     let finish = opt_ts(link.finish.as_deref(), dropped);
-    let ability = link.ability.clone().unwrap_or_default();
-    let technique_id = match ability.technique_id.as_deref().filter(|s| !s.is_empty()) {
+    // Read in place: the link is read for every build, its document only when wanted.
+    let ability = link.ability.as_ref();
+    let technique_id = match ability
+        .and_then(|a| a.technique_id.as_deref())
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(raw) => match TechniqueId::parse(raw) {
             Ok(t) => Some(t),
@@ -82,7 +86,10 @@ pub(super) fn read_link(
             }
         },
     };
-    let tactic = match ability.tactic.as_deref().filter(|s| !s.is_empty()) {
+    let tactic = match ability
+        .and_then(|a| a.tactic.as_deref())
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(raw) => match Tactic::parse(raw) {
             Ok(t) => Some(t),
@@ -106,7 +113,7 @@ pub(super) fn read_link(
         collect,
         reported,
         technique_id,
-        technique_name: opt_text(ability.technique_name.as_deref(), NAME_MAX),
+        technique_name: opt_text(ability.and_then(|a| a.technique_name.as_deref()), NAME_MAX),
         tactic,
         paw: opt_text(link.paw.as_deref(), KEYWORD_MAX),
         host,

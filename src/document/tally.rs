@@ -140,12 +140,4 @@ impl Tally {
                 .map(|m| usize::from(m.invalid))
                 .sum::<usize>()
     }
-
-    pub fn len(&self) -> usize {
-        self.links.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
-    }
 }
